@@ -1,0 +1,1 @@
+"""Backbones: where weights come from (loading), how token states become essay vectors (pooling)."""

@@ -1,0 +1,109 @@
+"""Poolings: token states ``(b, t, d)`` + mask ``(b, t)`` -> essay vectors ``(b, d)``, chunk-aware.
+
+A long essay is split into chunks; each pooling keeps a per-chunk statistic that combines exactly across
+chunks (sums for mean/GeM, max for max, ...), so pooling the chunks of an essay equals pooling its tokens.
+
+    pool = get_pooling("mean")
+    vec = pool(hidden, mask)                 # one chunk per row
+"""
+
+from __future__ import annotations
+
+import torch
+
+POOLINGS: dict[str, type[Pooling]] = {}
+
+
+def register(cls):
+    if cls.name in POOLINGS:
+        raise ValueError(f"pooling {cls.name!r} registered twice")
+    POOLINGS[cls.name] = cls
+    return cls
+
+
+def get_pooling(name: str) -> Pooling:
+    if name not in POOLINGS:
+        raise ValueError(f"unknown pooling {name!r} (valid: {', '.join(sorted(POOLINGS))})")
+    return POOLINGS[name]()
+
+
+class Pooling:
+    """``stat`` per chunk, combined across chunks by ``combine`` ('sum' | 'max' | 'min'), then ``finalize``."""
+
+    name = ""
+    combine = "sum"
+
+    def stat(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (statistic ``(b, d)``, weight ``(b,)``)."""
+        raise NotImplementedError
+
+    def finalize(self, stat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return stat
+
+    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.finalize(*self.stat(hidden, mask))
+
+
+def _masked_sum(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1), mask.sum(1).to(x.dtype)
+
+
+@register
+class MeanPooling(Pooling):
+    name = "mean"
+
+    def stat(self, hidden, mask):
+        return _masked_sum(hidden, mask)
+
+    def finalize(self, stat, weight):
+        return stat / weight.clamp(min=1e-9).unsqueeze(-1)
+
+
+@register
+class MaxPooling(Pooling):
+    """Padding is filled with -inf (never multiplied by 0), so rows of negative values pool correctly."""
+
+    name = "max"
+    combine = "max"
+
+    def stat(self, hidden, mask):
+        filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+        return filled.max(1).values, mask.sum(1).to(hidden.dtype)
+
+
+@register
+class MinPooling(Pooling):
+    name = "min"
+    combine = "min"
+
+    def stat(self, hidden, mask):
+        filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("inf"))
+        return filled.min(1).values, mask.sum(1).to(hidden.dtype)
+
+
+@register
+class ClsPooling(Pooling):
+    """First token of each chunk; a multi-chunk essay gets the mean of its chunks' CLS vectors."""
+
+    name = "cls"
+
+    def stat(self, hidden, mask):
+        return hidden[:, 0], torch.ones(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)
+
+    def finalize(self, stat, weight):
+        return stat / weight.unsqueeze(-1)
+
+
+@register
+class GeMPooling(Pooling):
+    """Generalised mean ``(mean(clamp(x, eps)^p))^(1/p)``, p = 3."""
+
+    name = "gem"
+    p, eps = 3.0, 1e-6
+
+    def stat(self, hidden, mask):
+        return _masked_sum(hidden.clamp(min=self.eps).pow(self.p), mask)
+
+    def finalize(self, stat, weight):
+        return (stat / weight.clamp(min=1e-9).unsqueeze(-1)).pow(1.0 / self.p)

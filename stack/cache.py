@@ -1,0 +1,123 @@
+"""The only reader and writer of cache Parquet files: schema checks, fingerprints, atomic writes.
+
+Every cache file carries a JSON fingerprint in its Parquet schema metadata (key ``stack``)::
+
+    {"data": <hash of train+test essays>, "folds": <hash of folds.parquet>, "config": <model config hash>,
+     "version": <stack version>, "model": <name>, "config_json": {...resolved model config...}}
+
+    from stack import cache
+    train, meta = cache.read_model("minilm", "train")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stack import paths
+from stack.errors import StackError
+from stack.schema import EMB_PREFIX, FOLD, ID, META_KEY, PRED_COLS
+
+
+def atomic_path(path: Path) -> Path:
+    """Temporary sibling of ``path``; ``os.replace`` it onto ``path`` once complete."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_table(df: pd.DataFrame, path: Path, meta: dict) -> None:
+    """Write ``df`` to ``path`` atomically (temp file + rename) with ``meta`` in the schema metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    tmp = atomic_path(path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_table(path: Path, hint: str) -> tuple[pd.DataFrame, dict]:
+    """Read a cache file and its fingerprint; ``hint`` says how to rebuild it if it is missing or broken."""
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {hint}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise StackError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:80]}); delete it and {hint}") from None
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise StackError(f"{path}: has no stack fingerprint (not written by stack); delete it and {hint}")
+    return table.to_pandas(), json.loads(raw)
+
+
+def write_folds(folds: pd.DataFrame, data_fp: str) -> str:
+    """Write ``cache/folds.parquet``; returns the folds hash that later caches record."""
+    from stack.data import frame_hash
+
+    fp = frame_hash(folds)
+    write_table(folds, paths.folds(), {"data": data_fp, "folds": fp})
+    return fp
+
+
+def read_folds() -> tuple[pd.DataFrame, dict]:
+    df, meta = read_table(paths.folds(), "run `stack folds` (or `dvc repro folds`)")
+    if list(df.columns) != [ID, FOLD]:
+        raise StackError(f"{paths.folds()}: expected columns {ID}, {FOLD}; delete it and run `stack folds`")
+    return df, meta
+
+
+def emb_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if c.startswith(EMB_PREFIX)]
+
+
+def write_model(name: str, train: pd.DataFrame, test: pd.DataFrame, meta: dict) -> None:
+    """Write ``cache/<name>/{train,test}.parquet`` together: both temps are complete before either is renamed."""
+    for split, df in (("train", train), ("test", test)):
+        _check_model_frame(df, paths.cache_file(name, split))
+    targets = [paths.cache_file(name, s) for s in ("train", "test")]
+    tmps = [atomic_path(p) for p in targets]
+    try:
+        for df, tmp in zip((train, test), tmps):
+            write_table(df, tmp, meta)
+        for tmp, path in zip(tmps, targets):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def read_model(name: str, split: str) -> tuple[pd.DataFrame, dict]:
+    path = paths.cache_file(name, split)
+    df, meta = read_table(path, f"run `stack embed {name}` or `stack train {name}` (or `dvc repro`)")
+    _check_model_frame(df, path)
+    return df, meta
+
+
+def _check_model_frame(df: pd.DataFrame, path: Path) -> None:
+    missing = [c for c in (ID, *PRED_COLS) if c not in df.columns]
+    if missing:
+        raise StackError(f"{path}: missing column {missing[0]!r}; the cache schema is text_id, pred_<target>..., emb_<i>...")
+    if df[ID].duplicated().any():
+        raise StackError(f"{path}: duplicate {ID} {df[ID][df[ID].duplicated()].iloc[0]!r}")
+    values = df[list(PRED_COLS) + emb_columns(df)].to_numpy()
+    if not np.isfinite(values).all():
+        raise StackError(f"{path}: contains NaN or infinite values; delete it and rebuild the model's cache")
+
+
+def check_fingerprints(metas: dict[str, dict], expected: dict[str, str]) -> None:
+    """Every model cache must match ``expected`` (``data``/``folds`` hashes); name the first stale one."""
+    for name, meta in metas.items():
+        for key, want in expected.items():
+            if meta.get(key) != want:
+                what = {"data": "other essays", "folds": "other folds"}.get(key, f"another {key}")
+                raise StackError(
+                    f"{paths.model_cache(name)}: cache was written with {what} ({key} {meta.get(key)} != {want}); "
+                    f"rebuild it with `dvc repro` or `stack embed {name}`"
+                )

@@ -1,0 +1,120 @@
+"""The ``stack`` command: one thin verb per stage. Errors a person can fix print one line and exit 2.
+
+    stack folds                         # cache/folds.parquet
+    stack embed minilm                  # cache/minilm/{train,test}.parquet
+    stack blend --models minilm         # submission.csv, metrics/cv.json
+    stack score submission.csv labels.csv
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import typer
+
+from stack.errors import StackError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params.yaml to read")
+
+
+@app.callback()
+def main() -> None:
+    """Score English-language-learner essays on six traits: folds -> embed/train -> blend."""
+
+
+def friendly(fn):
+    """Turn StackError into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StackError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished outputs are kept; run the same command again to continue", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _models(value: str | None, default) -> list[str]:
+    return [m.strip() for m in value.split(",") if m.strip()] if value else list(default)
+
+
+def _line(name: str, score: float, per_target: dict) -> str:
+    return f"{name:<12} MCRMSE {score:.4f}  " + "  ".join(f"{t[:5]} {v:.4f}" for t, v in per_target.items())
+
+
+@app.command()
+@friendly
+def folds(params: Path = PARAMS_OPT) -> None:
+    """Multilabel-stratified folds over the six targets -> cache/folds.parquet."""
+    from stack.config import load_params
+    from stack.stages import run_folds
+
+    f = run_folds(load_params(params))
+    typer.echo(f"wrote cache/folds.parquet: {len(f)} essays in {f['fold'].nunique()} folds")
+
+
+@app.command()
+@friendly
+def embed(
+    model: str = typer.Argument(..., help="a name under configs/models/"),
+    set_: list[str] = typer.Option(None, "--set", help="override a model config key, e.g. --set batch_size=16"),
+    params: Path = PARAMS_OPT,
+) -> None:
+    """Frozen backbone: essay embeddings + per-fold ridge OOF/test predictions -> cache/<model>/."""
+    from stack.config import load_params
+    from stack.embed import run_embed
+
+    r = run_embed(model, load_params(params), set_)
+    typer.echo(f"embedded {r['essays']} essays in {r['seconds']:.0f}s ({r['dtype']})")
+    typer.echo(_line(model, r["mcrmse"], r["per_target"]))
+
+
+@app.command()
+@friendly
+def blend(
+    models: str = typer.Option(None, "--models", help="comma-separated cached models (default: params.yaml blend.models)"),
+    method: str = typer.Option(None, "--method", help="blender name (default: params.yaml blend.method)"),
+    features: str = typer.Option(None, "--features", help="emb | preds | both"),
+    params: Path = PARAMS_OPT,
+) -> None:
+    """Stage two on the cached models -> submission.csv and metrics/cv.json."""
+    from stack.blend.run import run_blend
+    from stack.config import load_params
+
+    p = load_params(params)
+    r = run_blend(p, _models(models, p.blend.models), method or p.blend.method, features or p.blend.features)
+    for name, s in r["single"].items():
+        typer.echo(_line(name, s["mcrmse"], s["per_target"]))
+    typer.echo(_line(f"blend:{r['method']}", r["blend"]["mcrmse"], r["blend"]["per_target"]))
+    typer.echo("wrote submission.csv, metrics/cv.json")
+
+
+@app.command()
+@friendly
+def score(pred: Path = typer.Argument(..., help="predictions CSV"), labels: Path = typer.Argument(..., help="labels CSV")) -> None:
+    """Overall and per-target MCRMSE of PRED.csv against LABELS.csv (joined on text_id)."""
+    from stack.data import read_scores
+    from stack.metrics import mcrmse
+    from stack.schema import ID, TARGETS
+
+    p, y = read_scores(pred, labels=False), read_scores(labels, labels=True)
+    missing = sorted(set(y[ID]) - set(p[ID]))
+    if missing:
+        raise StackError(f"{pred}: no prediction for {ID} {missing[0]!r} ({len(missing)} of {len(y)} missing)")
+    p = p.set_index(ID).loc[y[ID]]
+    overall, per = mcrmse(y[list(TARGETS)].to_numpy(), p[list(TARGETS)].to_numpy())
+    typer.echo(f"MCRMSE {overall:.4f}")
+    for t, v in per.items():
+        typer.echo(f"  {t:<12} {v:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -10,6 +10,7 @@ from stack.errors import StackError
 
 CACHE = Path("cache")
 CONFIGS = Path("configs/models")
+TRAIN_CONFIGS = Path("configs/train")
 MODELS = Path("models")
 METRICS = Path("metrics")
 REPORTS = Path("reports")
@@ -49,3 +50,21 @@ def cv_metrics() -> Path:
 
 def blend_dir() -> Path:
     return MODELS / "blend"
+
+
+def train_config(name: str) -> Path:
+    return TRAIN_CONFIGS / f"{check_name(name)}.yaml"
+
+
+def fold_dir(name: str, fold: int) -> Path:
+    """Fine-tuned weights (safetensors) and the resolved config of one fold."""
+    return MODELS / check_name(name) / f"fold{fold}"
+
+
+def model_dir(name: str) -> Path:
+    """Saved stage-one heads/weights of a model (what `stack predict` needs besides the backbone)."""
+    return MODELS / check_name(name)
+
+
+def report() -> Path:
+    return REPORTS / "report.md"

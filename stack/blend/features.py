@@ -1,0 +1,85 @@
+"""Per-model cache frames -> the blender's feature matrix, with a ``Layout`` that rebuilds it for new essays.
+
+A frame has the cache schema: ``text_id``, ``pred_<target>`` x 6, optional ``emb_<i>``. X puts every used
+embedding block first (model order), then the used prediction blocks, model-major (model 0's six targets, ...).
+
+    layout = make_layout(frames, ["minilm", "mpnet"], "both")
+    X = matrix(frames, layout)            # (n, sum(emb dims) + 6 * n_models)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from stack.cache import emb_columns
+from stack.errors import StackError
+from stack.schema import ID, PRED_COLS
+
+FEATURES = ("emb", "preds", "both")
+
+
+@dataclass(frozen=True)
+class Layout:
+    models: tuple[str, ...]
+    features: str
+    emb_dims: tuple[int, ...]  # embedding width used per model, 0 where none is used
+    pred_models: tuple[str, ...]  # models whose six prediction columns are features
+
+    @property
+    def n_emb(self) -> int:
+        return int(sum(self.emb_dims))
+
+    def emb_columns(self) -> np.ndarray:
+        return np.arange(self.n_emb)
+
+    def pred_columns(self) -> np.ndarray:
+        return np.arange(self.n_emb, self.n_emb + len(PRED_COLS) * len(self.pred_models))
+
+
+def check_features(features: str) -> str:
+    if features not in FEATURES:
+        raise StackError(f"unknown features {features!r} (valid: {', '.join(FEATURES)})")
+    return features
+
+
+def make_layout(frames: dict[str, pd.DataFrame], models: list[str], features: str) -> Layout:
+    """Which columns of which model feed the blender; a model without embeddings contributes its predictions."""
+    check_features(features)
+    dims = [len(emb_columns(frames[m])) if features in ("emb", "both") else 0 for m in models]
+    preds = [m for m, d in zip(models, dims) if features in ("preds", "both") or d == 0]
+    return Layout(tuple(models), features, tuple(dims), tuple(preds))
+
+
+def aligned(frames: dict[str, pd.DataFrame], ids, where: str = "") -> dict[str, pd.DataFrame]:
+    """Every frame re-ordered to ``ids`` (joined on text_id, never on row order); ids must match exactly."""
+    ids = pd.Index(np.asarray(ids))
+    out = {}
+    for name, df in frames.items():
+        got = pd.Index(df[ID])
+        missing, extra = ids.difference(got), got.difference(ids)
+        if len(missing) or len(extra):
+            eg = (missing if len(missing) else extra)[0]
+            raise StackError(f"{where or name}: model {name!r} covers other essays ({len(missing)} missing, {len(extra)} extra, "
+                             f"e.g. {eg!r}); rebuild its features for the same essays")
+        out[name] = df.set_index(ID).loc[ids].reset_index()
+    return out
+
+
+def matrix(frames: dict[str, pd.DataFrame], layout: Layout) -> np.ndarray:
+    """Feature matrix ``(n, d)`` float64 of aligned ``frames`` in ``layout``'s column order."""
+    blocks = []
+    for name, dim in zip(layout.models, layout.emb_dims):
+        if name not in frames:
+            raise StackError(f"no features for model {name!r}: the blend was fitted on {', '.join(layout.models)}")
+        if dim:
+            cols = emb_columns(frames[name])
+            if len(cols) != dim:
+                raise StackError(f"model {name!r}: {len(cols)} embedding columns, the blend was fitted on {dim}; "
+                                 "embed with the same model config as the cache")
+            blocks.append(frames[name][cols].to_numpy(np.float64))
+    for name in layout.pred_models:
+        blocks.append(frames[name][list(PRED_COLS)].to_numpy(np.float64))
+    return np.hstack(blocks)

@@ -1,0 +1,105 @@
+"""Every registered blender passes scikit-learn's estimator checks and recovers known weights on synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from stack.blend.feature_blenders import LGBMBlender, RidgeBlender, SVRBlender
+from stack.blend.hill_climb import HillClimbBlender
+from stack.blend.nelder_mead import NelderMeadBlender
+from stack.blend.registry import BLENDERS, get_blender
+from stack.blend.stacked import StackBlender
+from stack.errors import StackError
+
+ESTIMATORS = [RidgeBlender(), SVRBlender(), SVRBlender(scaling="l2"),
+              LGBMBlender(n_estimators=200, learning_rate=0.1, early_stopping_rounds=20, n_jobs=1),
+              HillClimbBlender(), HillClimbBlender(negative=True), NelderMeadBlender(), NelderMeadBlender(bounds=(-1, 2)),
+              StackBlender()]
+
+
+# Every check applies (multi-output included), so none is marked as an expected failure.
+@parametrize_with_checks(ESTIMATORS)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_registry_covers_the_issue_and_rejects_unknown_names():
+    assert set(BLENDERS) == {"ridge", "lgbm", "svr", "hill", "nelder-mead", "stack"}
+    with pytest.raises(StackError, match="valid: hill, lgbm, nelder-mead, ridge, stack, svr"):
+        get_blender("hill-climb")
+
+
+def mixed(n=600, coef=(0.7, 0.3, 0.0), seed=0):
+    """Three models' predictions (n, 6 * 3) and y = sum coef_i * model_i, same weights for every target."""
+    rng = np.random.default_rng(seed)
+    models = [rng.normal(3, 0.6, (n, 6)) for _ in coef]
+    y = sum(c * m for c, m in zip(coef, models))
+    return np.hstack(models), y
+
+
+@pytest.mark.parametrize("est", [HillClimbBlender(), NelderMeadBlender(), NelderMeadBlender(bounds=(0, 1))], ids=repr)
+def test_weight_blenders_recover_known_weights(est):
+    P, y = mixed()
+    est = clone(est).fit(P, y)
+    np.testing.assert_allclose(est.weights_, np.tile([0.7, 0.3, 0.0], (6, 1)), atol=1e-3)
+    np.testing.assert_allclose(est.predict(P), y, atol=1e-3)
+
+
+def test_hill_uses_negative_weights_only_when_allowed():
+    P, y = mixed(coef=(1.3, -0.3, 0.0))
+    neg = HillClimbBlender(negative=True).fit(P, y)
+    pos = HillClimbBlender(negative=False).fit(P, y)
+    np.testing.assert_allclose(neg.weights_, np.tile([1.3, -0.3, 0.0], (6, 1)), atol=1e-3)
+    assert (pos.weights_ >= 0).all()
+    assert np.sqrt(np.mean((neg.predict(P) - y) ** 2)) < 0.5 * np.sqrt(np.mean((pos.predict(P) - y) ** 2))
+    np.testing.assert_allclose(neg.weights_.sum(axis=1), 1.0)
+
+
+def test_nelder_mead_respects_bounds():
+    P, y = mixed(coef=(1.3, -0.3, 0.0))
+    free = NelderMeadBlender().fit(P, y)
+    bounded = NelderMeadBlender(bounds=(0.0, 1.0)).fit(P, y)
+    np.testing.assert_allclose(free.weights_, np.tile([1.3, -0.3, 0.0], (6, 1)), atol=1e-3)
+    assert bounded.weights_.min() >= 0.0 and bounded.weights_.max() <= 1.0
+
+
+def test_hill_weights_differ_per_target():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(3, 0.6, (400, 6)), rng.normal(3, 0.6, (400, 6))
+    y = a.copy()
+    y[:, 3] = b[:, 3]  # target 3 comes from model b only
+    est = HillClimbBlender().fit(np.hstack([a, b]), y)
+    np.testing.assert_allclose(est.weights_[3], [0.0, 1.0])
+    np.testing.assert_allclose(est.weights_[0], [1.0, 0.0])
+
+
+def test_stack_is_the_mean_of_its_members():
+    P, y = mixed()
+    emb = np.random.default_rng(2).normal(size=(len(P), 5))
+    X = np.hstack([emb, P])
+    est = StackBlender([("ridge", RidgeBlender(), list(range(5))), ("hill", HillClimbBlender(), list(range(5, X.shape[1])))]).fit(X, y)
+    ridge = RidgeBlender().fit(emb, y).predict(emb)
+    hill = HillClimbBlender().fit(P, y).predict(P)
+    np.testing.assert_allclose(est.predict(X), (ridge + hill) / 2)
+
+
+def test_feature_blenders_learn_a_linear_signal():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 8))
+    y = np.column_stack([X[:, 0] + 0.5 * X[:, 1], X[:, 2] - X[:, 3]]) + 3
+    Xt = rng.normal(size=(200, 8))
+    yt = np.column_stack([Xt[:, 0] + 0.5 * Xt[:, 1], Xt[:, 2] - Xt[:, 3]]) + 3
+    for est in (RidgeBlender(), SVRBlender(C=10.0), LGBMBlender(n_estimators=300, n_jobs=1)):
+        err = np.sqrt(np.mean((est.fit(X, y).predict(Xt) - yt) ** 2))
+        assert err < 0.6 * yt.std(), (est, err)  # far better than predicting the mean
+
+
+def test_lgbm_early_stopping_never_sees_the_rows_it_predicts():
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(200, 4)), rng.normal(size=200)
+    est = LGBMBlender(n_estimators=500, n_jobs=1, early_stopping_rounds=10).fit(X, y)
+    # pure noise: early stopping on the inner split must stop long before 500 trees
+    assert est.best_iterations_[0] < 100

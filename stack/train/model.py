@@ -1,0 +1,108 @@
+"""Backbone + pooling + regression head, and the backbone surgery fine-tuning needs.
+
+    from stack.train.model import build_model
+    tokenizer, model = build_model(cfg)              # cfg: TrainConfig
+    preds, feats = model(input_ids, attention_mask)  # (b, 6), (b, model.out_dim)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stack.errors import StackError
+from stack.schema import TARGETS
+from stack.train.pooling import make_pooling
+
+HEAD_BIAS = 3.0  # FB3 scores centre near 3 on the 1-5 scale: start the head there, not at 0
+
+
+class Regressor(nn.Module):
+    """``backbone`` (a transformers encoder) -> ``pooling`` -> dropout -> linear head with ``n_out`` outputs."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, head_dropout: float = 0.0, msd_samples: int = 1,
+                 n_out: int = len(TARGETS)):
+        super().__init__()
+        hidden = backbone.config.hidden_size
+        self.backbone = backbone
+        self.pool = make_pooling(pooling, hidden, backbone.config.num_hidden_layers)
+        self.out_dim = self.pool.out_dim
+        self.dropout = nn.Dropout(head_dropout)
+        self.msd_samples = msd_samples
+        self.head = nn.Linear(self.out_dim, n_out)
+        nn.init.normal_(self.head.weight, std=getattr(backbone.config, "initializer_range", 0.02))
+        nn.init.constant_(self.head.bias, HEAD_BIAS)
+
+    def head_params(self):
+        """Parameters outside the backbone (pooling + head): they get ``head_lr``."""
+        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """``(b, t)`` ids and mask -> (predictions ``(b, n_out)`` float32, pooled features ``(b, out_dim)``)."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        feats = self.pool(out.hidden_states, attention_mask).float()
+        if self.training and self.msd_samples > 1:
+            preds = torch.stack([self.head(self.dropout(feats)) for _ in range(self.msd_samples)]).mean(0)
+        else:
+            preds = self.head(self.dropout(feats))
+        return preds.float(), feats
+
+
+def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's list of transformer blocks (``encoder.layer`` for BERT and DeBERTa)."""
+    n = backbone.config.num_hidden_layers
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n and name.split(".")[-1] in ("layer", "layers"):
+            return module
+    raise StackError(f"{type(backbone).__name__}: no list of {n} encoder layers found; LLRD/freeze/re-init need one")
+
+
+def embeddings_module(backbone: nn.Module) -> nn.Module:
+    emb = getattr(backbone, "embeddings", None)
+    if emb is None:
+        raise StackError(f"{type(backbone).__name__}: no `embeddings` module; turn freeze_embeddings off")
+    return emb
+
+
+def position_limit(config) -> int | None:
+    """Longest input the backbone accepts; None for relative-position models (DeBERTa-v3) with no absolute table."""
+    if config.model_type.startswith("deberta") and not getattr(config, "position_biased_input", True):
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def set_dropout(module: nn.Module, p: float) -> None:
+    """Every ``nn.Dropout`` inside ``module`` gets probability ``p`` (BERT's SDPA attention reads ``.p`` too)."""
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+
+
+def load_train_backbone(cfg):
+    """(tokenizer, backbone) for a TrainConfig: configs/models/<backbone>.yaml resolves the weights."""
+    from stack.backbones.loading import load_backbone
+    from stack.config import load_model_config
+
+    mcfg = load_model_config(cfg.backbone)
+    tokenizer, backbone = load_backbone(mcfg)
+    limit = position_limit(backbone.config)
+    if limit is not None and cfg.max_len > limit:
+        raise StackError(f"configs/train/{cfg.name}.yaml: max_len {cfg.max_len} exceeds the {limit} positions of "
+                         f"backbone {cfg.backbone!r}; set max_len <= {limit}")
+    if cfg.paragraph == "token":
+        tokenizer.add_special_tokens({"additional_special_tokens": [cfg.paragraph_token]})
+        backbone.resize_token_embeddings(len(tokenizer))
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None  # unused by every pooling here; would leave grads None (and upset DDP)
+    set_dropout(backbone, cfg.backbone_dropout)
+    return tokenizer, backbone
+
+
+def build_model(cfg):
+    """(tokenizer, Regressor) for a TrainConfig, weights as pretrained (head freshly initialised)."""
+    tokenizer, backbone = load_train_backbone(cfg)
+    try:
+        model = Regressor(backbone, cfg.pooling, cfg.head_dropout, cfg.msd_samples)
+    except ValueError as e:
+        raise StackError(f"configs/train/{cfg.name}.yaml: {e}") from None
+    return tokenizer, model

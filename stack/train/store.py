@@ -1,0 +1,81 @@
+"""Fold artifacts of fine-tuning under ``models/<name>/fold<k>/``: weights, outputs, resolved config.
+
+``model.safetensors`` (all Regressor weights), ``config.json`` (resolved config, history), and last
+``outputs.safetensors`` (validation/test predictions and features, with the essay ids and the fold hash in
+its metadata): a fold is finished exactly when ``outputs.safetensors`` exists with the current hash.
+Every file is written to a temp name and renamed; only safetensors, never pickles.
+
+    save_fold("minilm-ft", 0, model, outputs, config, fold_hash)
+    out = load_outputs("minilm-ft", 0, fold_hash)     # None unless finished with this hash
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from stack import paths
+from stack.cache import atomic_path
+
+WEIGHTS, OUTPUTS, CONFIG = "model.safetensors", "outputs.safetensors", "config.json"
+ARRAYS = ("valid_pred", "valid_feats", "test_pred", "test_feats")
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_fold(name: str, fold: int, model, outputs: dict, config: dict, fold_hash: str) -> Path:
+    """``outputs``: the four ARRAYS (float32, ``(n, 6)`` / ``(n, d)``) plus ``valid_ids`` and ``test_ids`` lists."""
+    folder = paths.fold_dir(name, fold)
+    (folder / OUTPUTS).unlink(missing_ok=True)  # not finished until the new outputs land
+    _atomic(folder / WEIGHTS, lambda p: save_model(model, str(p)))
+    _atomic(folder / CONFIG, lambda p: p.write_text(json.dumps({**config, "hash": fold_hash}, indent=2, sort_keys=True, default=str)))
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(outputs[k], dtype=np.float32)) for k in ARRAYS}
+    meta = {"hash": fold_hash, "valid_ids": json.dumps(list(outputs["valid_ids"])),
+            "test_ids": json.dumps(list(outputs["test_ids"]))}
+    _atomic(folder / OUTPUTS, lambda p: save_file(tensors, str(p), metadata=meta))
+    return folder
+
+
+def load_outputs(name: str, fold: int, fold_hash: str) -> dict | None:
+    """The fold's outputs (numpy arrays + id lists) if it finished with ``fold_hash``, else None."""
+    path = paths.fold_dir(name, fold) / OUTPUTS
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("hash") != fold_hash:
+            return None
+        arrays = load_file(str(path))
+    except (SafetensorError, OSError, json.JSONDecodeError):
+        return None
+    out = {k: arrays[k].numpy() for k in ARRAYS}
+    out["valid_ids"], out["test_ids"] = json.loads(meta["valid_ids"]), json.loads(meta["test_ids"])
+    return out
+
+
+def load_weights(model, name: str, fold: int):
+    """Load ``models/<name>/fold<k>/model.safetensors`` into a freshly built Regressor (strict)."""
+    load_model(model, str(paths.fold_dir(name, fold) / WEIGHTS))
+    return model
+
+
+def live_dir(name: str) -> Path:
+    """DVCLive folder of a training run: ``metrics.json`` (latest per fold) and ``plots/metrics/fold<k>/``."""
+    return paths.METRICS / "train" / paths.check_name(name)

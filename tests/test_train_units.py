@@ -1,0 +1,222 @@
+"""Unit tests of the fine-tuning parts: config, poolings, batching, LLRD groups, freezing, EMA/FGM/AWP, losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stack.config import build
+from stack.errors import StackError
+from stack.train.batching import collate, eval_batches, prepare_texts, train_batches
+from stack.train.config import TrainConfig, load_train_config, validate
+from stack.train.pooling import TRAIN_POOLINGS, make_pooling
+
+
+def cfg_of(**kw) -> TrainConfig:
+    return validate(build(TrainConfig, kw, "test"), "test")
+
+
+# --- config ---------------------------------------------------------------------------------------------------
+
+def test_every_shipped_train_config_loads():
+    from pathlib import Path
+
+    names = [p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml")]
+    assert "minilm-ft" in names and len(names) >= 6
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[1])
+    try:
+        for n in names:
+            cfg = load_train_config(n)
+            assert cfg.name == n and cfg.pooling in TRAIN_POOLINGS
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("raw, msg", [
+    ({"lrr": 1.0}, "unknown key 'lrr'"),
+    ({"loss": "huber"}, "loss 'huber' is not one of smooth_l1, mse, rmse"),
+    ({"target_weights": [1, 1]}, "target_weights needs 6"),
+    ({"msd_samples": 4}, "needs head_dropout > 0"),
+    ({"swa": True, "ema_decay": 0.99}, "turn one off"),
+    ({"epochs": "4"}, "expected int"),
+])
+def test_config_rejects_mistakes(raw, msg):
+    with pytest.raises(StackError, match=msg):
+        cfg_of(**raw)
+
+
+def test_unknown_train_config_lists_known(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "train").mkdir(parents=True)
+    (tmp_path / "configs" / "train" / "a.yaml").write_text("epochs: 1\n")
+    with pytest.raises(StackError, match="known: a"):
+        load_train_config("b")
+    assert load_train_config("a", ["lr=0.001"]).lr == 0.001
+
+
+def test_fingerprint_ignores_run_only_keys():
+    assert cfg_of(folds=[0], threads=1).fingerprint() == cfg_of().fingerprint() != cfg_of(lr=1e-4).fingerprint()
+
+
+# --- poolings --------------------------------------------------------------------------------------------------
+
+def _states(n_layers=3, b=2, t=4, d=5):
+    torch.manual_seed(0)
+    return tuple(torch.randn(b, t, d) - 3.0 for _ in range(n_layers + 1))  # all-negative-ish rows
+
+
+def test_pooling_registry_rejects_unknown():
+    with pytest.raises(ValueError, match="valid: attention, cls, concat_last4, gem, max, mean, weighted_layer"):
+        make_pooling("avg", 5, 3)
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_POOLINGS))
+def test_every_pooling_ignores_padding(name):
+    hs, mask = _states(), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    pool = make_pooling(name, 5, 3)
+    out = pool(hs, mask)
+    assert out.shape == (2, pool.out_dim)
+    changed = tuple(h.clone() for h in hs)
+    for h in changed:
+        h[0, 2:] = 1e3  # padding of row 0
+    torch.testing.assert_close(pool(changed, mask), out)
+
+
+def test_attention_and_weighted_layer_by_hand():
+    hs, mask = _states(), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    att = make_pooling("attention", 5, 3)
+    with torch.no_grad():
+        att.score[2].weight.zero_()  # constant score -> uniform weights over real tokens = mean pooling
+    torch.testing.assert_close(att(hs, mask)[0], hs[-1][0, :2].mean(0))
+    wl = make_pooling("weighted_layer", 5, 3)  # zero logits: plain average of layers 1..3, then mean
+    expect = torch.stack(hs[1:]).mean(0)[1].mean(0)
+    torch.testing.assert_close(wl(hs, mask)[1], expect)
+    cat = make_pooling("concat_last4", 5, 3)  # 3 layers: only 3 to concatenate
+    assert cat.out_dim == 15
+    torch.testing.assert_close(cat(hs, mask)[0, -5:], hs[-1][0, :2].mean(0))
+
+
+# --- batching --------------------------------------------------------------------------------------------------
+
+def test_paragraph_modes():
+    text = "First para.\n\nSecond  para.\r\n \nThird."
+    assert prepare_texts([text], "keep") == [text]
+    assert prepare_texts([text], "strip") == ["First para. Second  para. Third."]
+    assert prepare_texts([text], "token", "[BR]") == ["First para. [BR] Second  para. [BR] Third."]
+
+
+def test_bucketed_batches_cover_everything_once_and_group_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 500, size=103)
+    batches = train_batches(lengths, 8, 4, rng)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(103))
+    spread_bucketed = np.mean([np.ptp(lengths[b]) for b in batches])
+    plain = train_batches(lengths, 8, 0, np.random.default_rng(0))
+    assert spread_bucketed < 0.5 * np.mean([np.ptp(lengths[b]) for b in plain])
+    ev = eval_batches(lengths, 10)
+    assert lengths[ev[0]].min() >= lengths[ev[1]].max()
+
+
+def test_collate_pads_to_the_longest_in_batch():
+    ids, mask = collate([[1, 2, 3], [4], [5, 6]], [1, 2], pad_id=0)
+    assert ids.tolist() == [[4, 0], [5, 6]] and mask.tolist() == [[1, 0], [1, 1]]
+
+
+# --- optimiser ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_regressor(tiny_deberta_dir):
+    from transformers import AutoModel
+
+    from stack.train.model import Regressor
+
+    torch.manual_seed(0)
+    return Regressor(AutoModel.from_pretrained(tiny_deberta_dir), "weighted_layer")
+
+
+def test_llrd_groups_and_no_decay(tiny_regressor):
+    from stack.train.optim import param_groups
+
+    cfg = cfg_of(lr=1e-3, llrd=0.5, head_lr=1e-2, weight_decay=0.1)
+    groups = {g["name"]: g for g in param_groups(tiny_regressor, cfg)}
+    assert groups["head"]["lr"] == 1e-2 and groups["head/no_decay"]["weight_decay"] == 0.0
+    assert groups["depth0"]["lr"] == pytest.approx(1e-3)  # top layer
+    assert groups["depth1"]["lr"] == pytest.approx(5e-4)
+    assert groups["depth2"]["lr"] == pytest.approx(2.5e-4)  # embeddings, 2 layers below the top
+    names = {id(p): n for n, p in tiny_regressor.named_parameters()}
+    for g in groups.values():
+        for p in g["params"]:
+            is_nd = names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] or p.ndim < 2
+            assert (g["weight_decay"] == 0.0) == is_nd, names[id(p)]
+    n_params = sum(len(g["params"]) for g in groups.values())
+    assert n_params == len(list(tiny_regressor.parameters()))
+
+
+def test_freeze_and_reinit(tiny_regressor):
+    from stack.train.optim import param_groups, prepare_backbone
+
+    before = {n: p.detach().clone() for n, p in tiny_regressor.named_parameters()}
+    prepare_backbone(tiny_regressor, cfg_of(freeze_embeddings=True, freeze_layers=1, reinit_layers=1))
+    for n, p in tiny_regressor.named_parameters():
+        frozen = n.startswith("backbone.embeddings") or n.startswith("backbone.encoder.layer.0.")
+        assert p.requires_grad != frozen, n
+        if n.startswith("backbone.encoder.layer.1.") and n.endswith("dense.weight"):
+            assert not torch.equal(p, before[n]), n  # re-initialised
+        if frozen:
+            assert torch.equal(p, before[n])
+    grouped = {id(p) for g in param_groups(tiny_regressor, cfg_of()) for p in g["params"]}
+    assert all(p.requires_grad for p in tiny_regressor.parameters() if id(p) in grouped)
+    with pytest.raises(StackError, match="exceed the backbone's 2 layers"):
+        prepare_backbone(tiny_regressor, cfg_of(freeze_layers=2, reinit_layers=1))
+
+
+# --- regularisers and losses -----------------------------------------------------------------------------------------
+
+def test_ema_is_the_exponential_average():
+    from stack.train.regularizers import EMA
+
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema = EMA(m, decay=0.5)
+    ema.step(m, 1)  # first update copies
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    ema.step(m, 1)
+    assert ema.module.weight.item() == pytest.approx(2.0)
+
+
+def test_fgm_and_awp_perturb_then_restore_exactly(tiny_regressor):
+    from stack.train.regularizers import AWP, FGM
+
+    ids = torch.randint(1000, 2000, (2, 7))
+    pred, _ = tiny_regressor(ids, torch.ones_like(ids))
+    pred.sum().backward()
+    before = {n: p.detach().clone() for n, p in tiny_regressor.named_parameters()}
+    for attack in (FGM(tiny_regressor, eps=0.5), AWP(tiny_regressor, eps=0.01, lr=1.0)):
+        attack.attack()
+        moved = [n for n, p in tiny_regressor.named_parameters() if not torch.equal(p, before[n])]
+        assert moved
+        for n, p in tiny_regressor.named_parameters():  # AWP stays within eps * |w|
+            if isinstance(attack, AWP):
+                assert torch.all((p - before[n]).abs() <= 0.01 * before[n].abs() + 1e-7)
+        attack.restore()
+        assert all(torch.equal(p, before[n]) for n, p in tiny_regressor.named_parameters())
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1", "mse", "rmse"])
+def test_losses_and_target_weights(loss):
+    from stack.train.loop import loss_fn
+
+    pred, y = torch.zeros(4, 6), torch.zeros(4, 6)
+    y[:, 0] = 2.0  # error only on the first target
+    only_first = loss_fn(cfg_of(loss=loss, target_weights=[1, 0, 0, 0, 0, 0]))(pred, y).item()
+    none_first = loss_fn(cfg_of(loss=loss, target_weights=[0, 1, 1, 1, 1, 1]))(pred, y).item()
+    expected = {"smooth_l1": 1.5, "mse": 4.0, "rmse": 2.0}[loss]
+    assert only_first == pytest.approx(expected, rel=1e-4) and none_first == pytest.approx(0.0, abs=1e-3)

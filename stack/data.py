@@ -119,7 +119,7 @@ def read_sample_submission(path: str | Path, test: pd.DataFrame | None = None, t
 
 
 def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    """Multilabel-stratified k-fold over the six targets: DataFrame[text_id, fold] in the order of ``train``."""
+    """Multilabel-stratified k-fold over the score levels of the six targets -> DataFrame[text_id, fold], ``train`` order."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
     if n_folds < 2:
@@ -127,7 +127,9 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     if n_folds > len(train):
         raise StackError(f"params.yaml: folds.n_folds={n_folds} exceeds the {len(train)} training essays")
     fold = np.full(len(train), -1, dtype=np.int64)
-    y = train[list(TARGETS)].to_numpy()
+    # One indicator per (target, score level): iterative stratification expects binary labels, and raw
+    # scores would only weight samples. Each fold then holds its share of every score of every trait.
+    y = pd.get_dummies(train[list(TARGETS)].astype(str)).to_numpy(dtype=np.int64)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, valid) in enumerate(splitter.split(np.zeros(len(train)), y)):
         fold[valid] = k

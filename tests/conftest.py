@@ -67,20 +67,27 @@ def small_data(dest: Path, n_train: int = 40) -> None:
     shutil.copy(DATA / "sample_submission.csv", dest / "sample_submission.csv")
 
 
+def make_project(dest: Path, encoder_dir: Path) -> Path:
+    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, models on ``encoder_dir``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "configs", dest / "configs")
+    small_data(dest / "data" / "fb3")
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["folds"]["n_folds"] = 2
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cfg_path in (dest / "configs" / "models").glob("*.yaml"):
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        if "backbone" in cfg or "path" in cfg:
+            cfg.update(path=str(encoder_dir), batch_size=8, max_len=64, stride=16, dtype="fp32")
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dest
+
+
 @pytest.fixture
 def project(tmp_path, tiny_bert_dir, monkeypatch) -> Path:
     """A temp copy of the project on 40 essays, 2 folds, every model config on the tiny encoder; cwd = it."""
-    for name in ("params.yaml", "dvc.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    small_data(tmp_path / "data" / "fb3")
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["folds"]["n_folds"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cfg_path in (tmp_path / "configs" / "models").glob("*.yaml"):
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        if "backbone" in cfg or "path" in cfg:
-            cfg.update(path=str(tiny_bert_dir), batch_size=8, max_len=64, stride=16, dtype="fp32")
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    make_project(tmp_path, tiny_bert_dir)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -1,0 +1,151 @@
+"""The catalogue of bad inputs: each gives one clear line naming the file/row/key, exit code 2, no
+traceback, no partial output, and leaves every previously written file byte-identical.
+
+A good pipeline is built once per module; each case runs in a fresh copy of it.
+"""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from stack.cli import app
+
+from conftest import make_project
+
+runner = CliRunner()
+OUTPUTS = ("cache/folds.parquet", "cache/minilm/train.parquet", "cache/minilm/test.parquet",
+           "submission.csv", "metrics/cv.json")
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_bert_dir):
+    import os
+
+    root = make_project(tmp_path_factory.mktemp("built"), tiny_bert_dir)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for args in (["folds"], ["embed", "minilm"], ["blend"]):
+            assert invoke(*args).exit_code == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def proj(built, tmp_path, monkeypatch):
+    dest = tmp_path / "p"
+    shutil.copytree(built, dest)
+    monkeypatch.chdir(dest)
+    return dest
+
+
+def edit_csv(path, fn):
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    fn(df).to_csv(path, index=False)
+
+
+def edit_yaml(path, fn):
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    fn(data)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+TRAIN, TEST, SAMPLE = "data/fb3/train.csv", "data/fb3/test.csv", "data/fb3/sample_submission.csv"
+
+
+def set_cell(col, row, value):
+    def fn(df):
+        df.loc[row, col] = value
+        return df
+    return fn
+
+
+def truncate(path):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+
+
+def other_folds():
+    edit_yaml("params.yaml", lambda p: p["folds"].update(seed=7))
+    assert invoke("folds").exit_code == 0
+
+
+def other_data():
+    edit_csv(TRAIN, lambda d: d.iloc[:-1])
+    assert invoke("folds").exit_code == 0
+
+
+def no_weights(proj):
+    weights = proj / "noweights"
+    weights.mkdir()
+    enc = Path(yaml.safe_load(Path("configs/models/minilm.yaml").read_text())["path"])
+    shutil.copy(enc / "config.json", weights / "config.json")
+    edit_yaml("configs/models/minilm.yaml", lambda c: c.update(path=str(weights)))
+
+
+# (case id, setup(proj), command, expected substring of the one-line error)
+CASES = [
+    ("missing-column", lambda p: edit_csv(TRAIN, lambda d: d.drop(columns=["grammar"])), ["folds"], "train.csv: missing column 'grammar'"),
+    ("misspelled-column", lambda p: edit_csv(TRAIN, lambda d: d.rename(columns={"full_text": "fulltext"})), ["folds"], "missing column 'full_text'"),
+    ("empty-essay", lambda p: edit_csv(TRAIN, set_cell("full_text", 3, "")), ["folds"], "row 4"),
+    ("whitespace-essay", lambda p: edit_csv(TEST, set_cell("full_text", 1, "   \n ")), ["embed", "minilm"], "test.csv: row 2"),
+    ("duplicate-id", lambda p: edit_csv(TRAIN, lambda d: pd.concat([d, d.iloc[:1]])), ["folds"], "duplicate text_id"),
+    ("nan-score", lambda p: edit_csv(TRAIN, set_cell("syntax", 5, "")), ["folds"], "row 6"),
+    ("score-out-of-range", lambda p: edit_csv(TRAIN, set_cell("conventions", 0, "6.0")), ["folds"], "conventions=6.0, outside [1.0, 5.0]"),
+    ("non-utf8", lambda p: Path(TEST).write_bytes(Path(TEST).read_bytes().replace(b"the", b"th\xe9", 1)), ["embed", "minilm"], "test.csv: not UTF-8"),
+    ("test-id-not-in-sample", lambda p: edit_csv(TEST, set_cell("text_id", 0, "NEWID")), ["blend"], "'NEWID' is not in"),
+    ("unknown-model", lambda p: None, ["embed", "robrta"], "unknown model 'robrta'"),
+    ("model-name-escapes", lambda p: None, ["embed", "../../etc/passwd"], "is not allowed"),
+    ("unknown-blend-method", lambda p: None, ["blend", "--method", "ridgee"], "valid: "),
+    ("config-typo-key", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(polling="mean")), ["embed", "minilm"], "unknown key 'polling'"),
+    ("params-typo-key", lambda p: edit_yaml("params.yaml", lambda c: c["folds"].update(n_fold=3)), ["folds"], "unknown key 'n_fold'"),
+    ("config-wrong-type", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(batch_size="big")), ["embed", "minilm"], "key 'batch_size': expected int"),
+    ("model-without-cache", lambda p: None, ["blend", "--models", "minilm,base"], "model 'base' has no cache"),
+    ("cache-other-folds", lambda p: other_folds(), ["blend"], "cache/minilm: cache was written with other folds"),
+    ("cache-other-data", lambda p: other_data(), ["blend"], "cache/minilm: cache was written with other essays"),
+    ("truncated-parquet", lambda p: truncate("cache/minilm/train.parquet"), ["blend"], "cache/minilm/train.parquet: unreadable Parquet"),
+    ("missing-weights", no_weights, ["embed", "minilm"], "cannot load"),
+    ("missing-data-file", lambda p: Path(SAMPLE).unlink(), ["blend"], "sample_submission.csv: file not found"),
+    ("unknown-features", lambda p: None, ["blend", "--features", "embeddings"], "unknown features 'embeddings'"),
+]
+
+
+@pytest.mark.parametrize("case, setup, command, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_and_damages_nothing(proj, case, setup, command, expected):
+    setup(proj)
+    before = {p: (proj / p).read_bytes() for p in OUTPUTS if (proj / p).exists()}
+    result = invoke(*command)
+    message = result.output.strip()
+    assert result.exit_code == 2, message
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert expected in message
+    assert "Traceback" not in message
+    assert before == {p: (proj / p).read_bytes() for p in before}
+    leftovers = [p for p in proj.rglob(".*.tmp-*")]
+    assert not leftovers
+
+
+def test_extra_columns_and_a_20000_token_essay_are_fine(proj):
+    long_essay = " ".join(["The students learned many new words at school every day."] * 1800)
+    edit_csv(TEST, lambda d: d.assign(extra="x"))
+    edit_csv(TEST, set_cell("full_text", 0, long_essay))
+    assert invoke("embed", "minilm").exit_code == 0
+    assert invoke("blend").exit_code == 0
+    sub = pd.read_csv("submission.csv")
+    assert sub.notna().all().all() and len(sub) == 3
+
+
+def test_off_grid_scores_are_kept_with_a_warning(proj):
+    edit_csv(TRAIN, set_cell("grammar", 0, "3.25"))
+    with pytest.warns(UserWarning, match="off the 0.5 grid"):
+        result = invoke("folds")
+    assert result.exit_code == 0

@@ -23,6 +23,8 @@ def cfg_of(**kw) -> TrainConfig:
 def test_every_shipped_train_config_loads():
     from pathlib import Path
 
+    from stack.train.model import backbone_config
+
     names = [p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml")]
     assert "minilm-ft" in names and len(names) >= 6
     import os
@@ -33,6 +35,7 @@ def test_every_shipped_train_config_loads():
         for n in names:
             cfg = load_train_config(n)
             assert cfg.name == n and cfg.pooling in TRAIN_POOLINGS
+            assert backbone_config(cfg).name == cfg.backbone  # a transformer entry of configs/models/
     finally:
         os.chdir(cwd)
 
@@ -57,6 +60,18 @@ def test_unknown_train_config_lists_known(tmp_path, monkeypatch):
     with pytest.raises(StackError, match="known: a"):
         load_train_config("b")
     assert load_train_config("a", ["lr=0.001"]).lr == 0.001
+
+
+def test_backbone_must_be_a_transformer_config(tmp_path, monkeypatch):
+    from stack.train.model import backbone_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "models").mkdir(parents=True)
+    (tmp_path / "configs" / "models" / "tfidf.yaml").write_text("kind: tfidf\nword_ngrams: [1, 2]\n")
+    with pytest.raises(StackError, match="is a tfidf config, not a transformer"):
+        backbone_config(cfg_of(backbone="tfidf"))
+    with pytest.raises(StackError, match="unknown model 'nope'"):
+        backbone_config(cfg_of(backbone="nope"))
 
 
 def test_fingerprint_ignores_run_only_keys():

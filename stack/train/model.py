@@ -78,13 +78,24 @@ def set_dropout(module: nn.Module, p: float) -> None:
             m.p = p
 
 
+def backbone_config(cfg):
+    """The ModelConfig that ``cfg.backbone`` names; it must be a transformer (kind: backbone)."""
+    from stack import paths
+    from stack.config import load_model_config, read_yaml
+
+    path = paths.model_config(cfg.backbone)
+    kind = read_yaml(path).get("kind", "backbone") if path.is_file() else "backbone"
+    if kind != "backbone":
+        raise StackError(f"configs/train/{cfg.name}.yaml: backbone {cfg.backbone!r} is a {kind} config, not a "
+                         "transformer; name a configs/models/ entry with a backbone/path/packaged key")
+    return load_model_config(cfg.backbone)
+
+
 def load_train_backbone(cfg):
     """(tokenizer, backbone) for a TrainConfig: configs/models/<backbone>.yaml resolves the weights."""
     from stack.backbones.loading import load_backbone
-    from stack.config import load_model_config
 
-    mcfg = load_model_config(cfg.backbone)
-    tokenizer, backbone = load_backbone(mcfg)
+    tokenizer, backbone = load_backbone(backbone_config(cfg))
     limit = position_limit(backbone.config)
     if limit is not None and cfg.max_len > limit:
         raise StackError(f"configs/train/{cfg.name}.yaml: max_len {cfg.max_len} exceeds the {limit} positions of "

@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 
 from stack import cache, paths
-from stack.config import load_model_config, sha256_json
+from stack.config import sha256_json
 from stack.errors import StackError
 from stack.metrics import mcrmse
 from stack.schema import ID, PRED_COLS, TEXT, emb_cols
 from stack.stages import load_context
 from stack.train import dist, store
 from stack.train.config import load_train_config
+from stack.train.model import backbone_config
 
 
 def _source(mcfg) -> dict:
@@ -141,7 +142,7 @@ def run_train(name: str, params, overrides: list[str] | None = None) -> dict:
     import torch
 
     cfg = load_train_config(name, overrides)
-    mcfg = load_model_config(cfg.backbone)
+    mcfg = backbone_config(cfg)
     ctx = load_context(params)
     all_folds = sorted(int(k) for k in np.unique(ctx.fold))
     bad = [k for k in cfg.folds if k not in all_folds]

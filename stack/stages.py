@@ -14,7 +14,7 @@ import pandas as pd
 
 from stack import cache, paths
 from stack.config import DEBUG_FOLDS, Params
-from stack.data import data_fingerprint, load_inputs, make_folds
+from stack.data import data_fingerprint, frame_hash, load_inputs, make_folds, read_train
 from stack.errors import StackError
 from stack.schema import FOLD, ID, TARGETS
 
@@ -41,18 +41,23 @@ def n_folds(params: Params) -> int:
 
 
 def run_folds(params: Params) -> pd.DataFrame:
-    train, test, _ = load_inputs(params)
+    from stack.config import DEBUG_ROWS
+
+    train = read_train(params.data.train, debug=params.debug, debug_rows=DEBUG_ROWS)
     folds = make_folds(train, n_folds(params), params.folds.seed)
-    cache.write_folds(folds, data_fingerprint(train, test))
+    cache.write_folds(folds, frame_hash(train))
     return folds
 
 
 def load_context(params: Params) -> Context:
-    """Essays and folds, checked to belong together (same essays, every training essay in exactly one fold)."""
+    """Essays and folds, checked to belong together (same training essays, each in exactly one fold).
+
+    Folds depend on the training essays only, so a new test set needs no new folds.
+    """
     train, test, sample = load_inputs(params)
     data_fp = data_fingerprint(train, test)
     folds, meta = cache.read_folds()
-    if meta.get("data") != data_fp:
+    if meta.get("data") != frame_hash(train):
         raise StackError(f"{paths.folds()}: made from other essays than params.yaml names; run `stack folds` (or `dvc repro`)")
     merged = train.merge(folds, on=ID, how="left", validate="one_to_one")
     if merged[FOLD].isna().any() or len(folds) != len(train):

@@ -95,7 +95,7 @@ def test_technique_trains_saves_and_reloads(name, tiny_models, tmp_path):
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, start[n])]
     assert any(n.startswith("backbone.") for n in moved) and any(n.startswith("head.") for n in moved)
     if name == "checkpointing":
-        assert model.backbone.is_gradient_checkpointing
+        assert getattr(model.backbone, "is_activation_checkpointing", None) or model.backbone.is_gradient_checkpointing
     if name == "freeze":
         assert not any(n.startswith("backbone.embeddings") or ".layer.0." in n for n in moved)
     save_model(res.model, str(tmp_path / "w.safetensors"))

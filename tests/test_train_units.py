@@ -207,6 +207,24 @@ def test_ema_is_the_exponential_average():
     assert ema.module.weight.item() == pytest.approx(2.0)
 
 
+def test_swa_anneals_every_group_keeping_llrd_ratios(tiny_regressor):
+    from stack.train.optim import make_optimizer, make_scheduler
+    from stack.train.regularizers import SWA
+
+    cfg = cfg_of(lr=1e-3, llrd=0.5, head_lr=1e-2)
+    opt = make_optimizer(tiny_regressor, cfg)
+    make_scheduler(opt, cfg, 100)
+    opt.step()  # (no gradients: a no-op) schedulers expect a step before theirs
+    swa = SWA(tiny_regressor, opt, start_epoch=2, swa_lr=1e-4, anneal_steps=3, strategy="linear")
+    assert not swa.step(tiny_regressor, 1) and not swa.active
+    for _ in range(5):
+        assert swa.step(tiny_regressor, 2)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["depth0"] == pytest.approx(1e-4) and lrs["depth1"] == pytest.approx(5e-5)
+    assert lrs["head"] == pytest.approx(1e-3)
+    assert swa.averaged.n_averaged.item() == 5
+
+
 def test_fgm_and_awp_perturb_then_restore_exactly(tiny_regressor):
     from stack.train.regularizers import AWP, FGM
 

@@ -161,8 +161,9 @@ def train_fold(model, cfg, train_ids, y_train, valid_ids, y_valid, pad_id: int, 
         eval_model = averager.module if averager is not None and averager.active else model
         pred, feats = predict(eval_model, valid_ids, cfg.eval_batch_size, pad_id, device, amp)
         score, per_target = mcrmse(y_valid, pred)
+        top_lr = max((g["lr"] for g in optimizer.param_groups if not g["name"].startswith("head")), default=0.0)
         record = {"epoch": epoch, "train_loss": dist.mean(total / max(seen, 1), device), "valid_mcrmse": score,
-                  "valid_per_target": per_target, "lr": optimizer.param_groups[0]["lr"],
+                  "valid_per_target": per_target, "lr": top_lr,
                   "train_seconds": train_seconds, "valid_seconds": time.perf_counter() - t0 - train_seconds}
         history.append(record)
         if log is not None:

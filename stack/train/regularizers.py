@@ -34,11 +34,16 @@ class EMA:
 
 
 class SWA:
-    """Equal-weight average of the weights from ``start_epoch`` on; SWALR then replaces the lr schedule."""
+    """Equal-weight average of the weights from ``start_epoch`` on; SWALR then replaces the lr schedule
+    (the top encoder layer anneals to ``swa_lr``, other groups keep their ratio to it)."""
 
     def __init__(self, model, optimizer, start_epoch: int, swa_lr: float, anneal_steps: int, strategy: str):
         self.averaged = AveragedModel(model)
-        self.scheduler = SWALR(optimizer, swa_lr=swa_lr, anneal_epochs=max(anneal_steps, 1), anneal_strategy=strategy)
+        # keep the LLRD / head-lr ratios: each group anneals to swa_lr scaled like its own starting lr
+        start = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        top = max((lr for lr, g in zip(start, optimizer.param_groups) if not str(g.get("name", "")).startswith("head")), default=None)
+        lrs = [swa_lr * lr / top for lr in start] if top else swa_lr
+        self.scheduler = SWALR(optimizer, swa_lr=lrs, anneal_epochs=max(anneal_steps, 1), anneal_strategy=strategy)
         self.start_epoch = start_epoch
         self.active = False
 

@@ -1,7 +1,7 @@
 """Proof run (slow, not in CI): fine-tune the packaged MiniLM on fold 0 of the full FB3 data on this CPU.
 
-    nice -n 10 .venv/bin/pytest -m slow tests/test_train_proof.py -s            # ~20 min on 2 cores
-    STACK_PROOF_EPOCHS=1 STACK_PROOF_THREADS=2 nice -n 10 .venv/bin/pytest -m slow tests/test_train_proof.py -s
+    nice -n 10 .venv/bin/pytest -m slow tests/test_train_proof.py -s
+    STACK_PROOF_EPOCHS=1 STACK_PROOF_THREADS=2 STACK_PROOF_SET="max_len=384" nice -n 10 .venv/bin/pytest -m slow tests/test_train_proof.py -s
 
 Prints the fold MCRMSE per epoch and minutes per epoch (the frozen MiniLM + ridge scores about 0.55).
 """
@@ -35,13 +35,15 @@ def test_minilm_fine_tune_one_fold(tmp_path, monkeypatch):
     run_folds(params)
     epochs = int(os.environ.get("STACK_PROOF_EPOCHS", "2"))
     threads = int(os.environ.get("STACK_PROOF_THREADS", "0"))
-    result = run_train("minilm-ft", params, ["folds=[0]", f"epochs={epochs}", f"threads={threads}"])
+    extra = os.environ.get("STACK_PROOF_SET", "").split()  # e.g. "max_len=384 batch_size=16"
+    result = run_train("minilm-ft", params, ["folds=[0]", f"epochs={epochs}", f"threads={threads}", *extra])
     fold = result["folds"][0]
     ctx = load_context(params)
     valid = ctx.fold == 0
     baseline, _ = mcrmse(ctx.y[valid], np.tile(ctx.y[~valid].mean(0), (valid.sum(), 1)))
     report = {
         "fold0_mcrmse": fold["mcrmse"], "mean_predictor": baseline, "amp": fold["amp"], "epochs": epochs,
+        "overrides": extra, "threads": threads,
         "train_essays": int((~valid).sum()), "valid_essays": int(valid.sum()),
         "per_epoch": [{"epoch": h["epoch"], "valid_mcrmse": round(h["valid_mcrmse"], 4),
                        "train_loss": round(h["train_loss"], 4), "train_min": round(h["train_seconds"] / 60, 2),

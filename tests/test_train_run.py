@@ -55,6 +55,17 @@ def test_run_train_writes_the_cache_stage_two_reads(trained):
         assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "outputs.safetensors"}
         saved = json.loads((folder / "config.json").read_text())
         assert saved["train"]["max_len"] == 48 and saved["backbone"]["name"] == "minilm" and saved["fold"] == k
+    # the saved weights + config rebuild a model that reproduces the fold's validation outputs
+    from stack.train.batching import encode, prepare_texts
+    from stack.train.loop import predict
+
+    tokenizer, model, cfg = store.load_fold_model("minilm-ft", 1)
+    out = store.load_outputs("minilm-ft", 1, _hash(ctx, 1))
+    texts = ctx.train.set_index(ID).loc[out["valid_ids"], "full_text"]
+    ids = encode(prepare_texts(texts, cfg.paragraph, cfg.paragraph_token), tokenizer, cfg.max_len)
+    pred, feats = predict(model, ids, 16, tokenizer.pad_token_id, torch.device("cpu"))
+    np.testing.assert_allclose(pred, out["valid_pred"], atol=1e-5)
+    np.testing.assert_allclose(feats, out["valid_feats"], atol=1e-5)
     test, _ = cache.read_model("minilm-ft", "test")
     mean = np.mean([store.load_outputs("minilm-ft", k, _hash(ctx, k))["test_pred"] for k in (0, 1)], axis=0)
     np.testing.assert_allclose(test[list(PRED_COLS)].to_numpy(), mean, rtol=1e-5)

@@ -253,3 +253,20 @@ def test_losses_and_target_weights(loss):
     none_first = loss_fn(cfg_of(loss=loss, target_weights=[0, 1, 1, 1, 1, 1]))(pred, y).item()
     expected = {"smooth_l1": 1.5, "mse": 4.0, "rmse": 2.0}[loss]
     assert only_first == pytest.approx(expected, rel=1e-4) and none_first == pytest.approx(0.0, abs=1e-3)
+
+
+# --- distributed bookkeeping -------------------------------------------------------------------------------------------
+
+def test_dist_shards_batches_evenly_and_only_rank0_writes(monkeypatch):
+    from stack.train import dist
+
+    batches = list(range(7))
+    assert dist.shard(batches) == batches and dist.is_main()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    shares = []
+    for r in (0, 1):
+        monkeypatch.setenv("RANK", str(r))
+        shares.append(dist.shard(batches))
+    assert shares == [[0, 2, 4], [1, 3, 5]]  # same count per rank, no batch twice
+    assert not dist.is_main() and dist.cpu_threads(0) >= 1 and dist.cpu_threads(3) == 3

@@ -58,6 +58,11 @@ class _Live:
 
     def logger(self, fold: int):
         def log(record: dict) -> None:
+            if dist.is_main():
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"fold {fold} epoch {record['epoch']}: train loss {record['train_loss']:.4f}  valid MCRMSE "
+                           f"{record['valid_mcrmse']:.4f}  ({record['train_seconds'] / 60:.1f} + {record['valid_seconds'] / 60:.1f} min)")
             if self.live is None:
                 return
             self.live.step = record["epoch"]
@@ -165,10 +170,12 @@ def run_train(name: str, params, overrides: list[str] | None = None) -> dict:
     outs = {k: store.load_outputs(name, k, hashes[k]) for k in all_folds}
     result["done"] = [k for k, o in outs.items() if o is not None]
     result["pending"] = [k for k, o in outs.items() if o is None]
-    if result["pending"] or not dist.is_main():
+    if result["pending"]:
         return result
     train_df, test_df, oof = _assemble(name, ctx, outs)
     score, per_target = mcrmse(ctx.y, oof)
+    if not dist.is_main():
+        return {**result, "mcrmse": score, "per_target": per_target}
     meta = {"data": ctx.data_fp, "folds": ctx.folds_fp, "config": sha256_json({"train": cfg.fingerprint(), "source": _source(mcfg)}),
             "model": name, "version": __import__("stack").__version__, "kind": "train",
             "config_json": {"train": dataclasses.asdict(cfg), "backbone": dataclasses.asdict(mcfg)},

@@ -7,6 +7,7 @@ Every file is written to a temp name and renamed; only safetensors, never pickle
 
     save_fold("minilm-ft", 0, model, outputs, config, fold_hash)
     out = load_outputs("minilm-ft", 0, fold_hash)     # None unless finished with this hash
+    tokenizer, model, cfg = load_fold_model("minilm-ft", 0)
 """
 
 from __future__ import annotations
@@ -70,10 +71,20 @@ def load_outputs(name: str, fold: int, fold_hash: str) -> dict | None:
     return out
 
 
-def load_weights(model, name: str, fold: int):
-    """Load ``models/<name>/fold<k>/model.safetensors`` into a freshly built Regressor (strict)."""
-    load_model(model, str(paths.fold_dir(name, fold) / WEIGHTS))
-    return model
+def load_fold_model(name: str, fold: int):
+    """(tokenizer, Regressor in eval mode, TrainConfig) rebuilt from a fold's saved config and weights."""
+    from stack.config import build
+    from stack.errors import StackError
+    from stack.train.config import TrainConfig
+    from stack.train.model import build_model
+
+    folder = paths.fold_dir(name, fold)
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise StackError(f"{folder}: no trained fold here; run `stack train {name}`")
+    cfg = build(TrainConfig, json.loads((folder / CONFIG).read_text())["train"], str(folder / CONFIG))
+    tokenizer, model = build_model(cfg)
+    load_model(model, str(folder / WEIGHTS))
+    return tokenizer, model.eval(), cfg
 
 
 def live_dir(name: str) -> Path:

@@ -154,3 +154,10 @@ def test_fp16_on_cpu_is_refused(tiny_models):
 
     with pytest.raises(StackError, match="fp16 needs a CUDA device"):
         resolve_amp("fp16", torch.device("cpu"))
+
+
+def test_max_len_beyond_the_position_table_is_refused(tiny_models):
+    from stack.errors import StackError
+
+    with pytest.raises(StackError, match="max_len 1024 exceeds the 512 positions of backbone 'tiny-deberta'"):
+        build_model(cfg_of(max_len=1024))

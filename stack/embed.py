@@ -125,7 +125,8 @@ def _embed_chunks(model, chunks: list[Chunk], cfg, pad_id: int = 0, progress=Non
                     if p.combine == "sum":
                         total.index_add_(0, essays, stat)
                     else:
-                        total.index_reduce_(0, essays, stat, "amax" if p.combine == "max" else "amin")
+                        rows = essays[:, None].expand_as(stat)
+                        total.scatter_reduce_(0, rows, stat, "amax" if p.combine == "max" else "amin")
                     wsum.index_add_(0, essays, weight)
                     slot += 1
             if progress is not None:

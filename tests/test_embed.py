@@ -114,7 +114,7 @@ def test_interrupted_embed_resumes_from_the_last_finished_shard_byte_identical(p
 
     params = load_params()
     run_folds(params)
-    over = ["shard_size=10"]
+    over = ["shard_size=10", "layers=[-1]", "max_len=128", "batch_size=16"]
     embed.run_embed("minilm", params, over)
     clean = {s: paths.cache_file("minilm", s).read_bytes() for s in ("train", "test")}
     assert not shard_dir("minilm").exists()  # removed once the cache is written

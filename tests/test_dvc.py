@@ -59,3 +59,34 @@ def test_repro_then_noop_then_only_what_changed(repo):
     cfg["pooling"] = ["mean", "max"]
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert ran(sh(*dvc, "repro", cwd=repo)) == {"embed@minilm", "blend"}
+
+
+def experiments(repo) -> dict[str, dict]:
+    """{experiment name: its metrics/cv.json} from `dvc exp show --json`."""
+    shown = json.loads(sh(sys.executable, "-m", "dvc", "exp", "show", "--json", cwd=repo))
+    out = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                out[rev["name"]] = rev["data"]["metrics"]["metrics/cv.json"]["data"]
+    return out
+
+
+def test_queue_of_two_experiments_completes_with_two_workers(repo):
+    import time
+
+    dvc = [sys.executable, "-m", "dvc"]
+    sh(*dvc, "repro", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", cwd=repo)
+    sh(*dvc, "exp", "run", "--queue", "-S", "blend.features=preds", "-n", "preds", cwd=repo)
+    sh(*dvc, "exp", "run", "--queue", "-S", "blend.features=both", "-n", "both", cwd=repo)
+    sh(*dvc, "queue", "start", "-j", "2", cwd=repo)
+    deadline = time.monotonic() + 600
+    while len(experiments(repo)) < 2 and time.monotonic() < deadline:
+        time.sleep(5)
+    status = sh(*dvc, "queue", "status", cwd=repo)
+    assert status.count("Success") == 2, status
+    exps = experiments(repo)
+    assert exps["preds"]["features"] == "preds" and exps["both"]["features"] == "both"
+    assert exps["preds"]["blend"] != exps["both"]["blend"]

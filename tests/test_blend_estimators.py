@@ -103,3 +103,21 @@ def test_lgbm_early_stopping_never_sees_the_rows_it_predicts():
     est = LGBMBlender(n_estimators=500, n_jobs=1, early_stopping_rounds=10).fit(X, y)
     # pure noise: early stopping on the inner split must stop long before 500 trees
     assert est.best_iterations_[0] < 100
+
+
+@pytest.mark.parametrize("n,p", [(120, 40), (60, 150)], ids=["primal", "dual"])
+def test_ridge_matches_sklearn_ridgecv_per_target(n, p):
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n, p)) * rng.uniform(0.5, 3, p) + rng.normal(size=p)
+    Y = X[:, :6] @ rng.normal(size=(6, 6)) + rng.normal(0, 3, (n, 6)) + 2
+    alphas = np.logspace(-1, 5, 13)
+    ref = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas, alpha_per_target=True)).fit(X, Y)
+    ours = RidgeBlender(alphas=tuple(alphas)).fit(X, Y)
+    assert len(set(ours.alpha_)) > 1  # the targets really chose different alphas
+    np.testing.assert_allclose(ours.alpha_, ref[-1].alpha_)
+    X_new = rng.normal(size=(30, p))
+    np.testing.assert_allclose(ours.predict(X_new), ref.predict(X_new), atol=1e-8)

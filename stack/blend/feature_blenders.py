@@ -9,8 +9,6 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVR
 
@@ -21,22 +19,60 @@ SCALINGS = ("standard", "l2")
 _HAS_EVAL_X = None  # set on first use: lightgbm is imported lazily
 
 
+def loo_ridge(X: np.ndarray, Y: np.ndarray, alphas: np.ndarray):
+    """Ridge on centred ``X (n, p)``, ``Y (n, k)`` with alpha per target by exact leave-one-out error.
+
+    One eigendecomposition of the smaller Gram matrix (``X X^T`` if n <= p, else ``X^T X``), then every alpha is
+    cheap. The intercept is unpenalised (X is centred, so the constant direction is the smoother's ``1/n``).
+    -> (coef ``(p, k)``, alpha ``(k,)``, LOO MSE ``(len(alphas), k)``).
+    """
+    n, p = X.shape
+    dual = n <= p
+    lam, Q = np.linalg.eigh(X @ X.T if dual else X.T @ X)
+    keep = lam > lam.max() * 1e-12 if lam.size else lam > 0
+    lam, Q = lam[keep], Q[:, keep]
+    U = Q if dual else (X @ Q) / np.sqrt(lam)  # (n, r): left singular vectors
+    UtY = U.T @ Y  # (r, k)
+    U2 = U**2
+    errors = np.empty((len(alphas), Y.shape[1]))
+    for i, a in enumerate(alphas):
+        shrink = lam / (lam + a)  # (r,)
+        fitted = U @ (shrink[:, None] * UtY)  # (n, k), Y centred so the intercept adds 0
+        h = 1.0 / n + U2 @ shrink  # (n,) leverage incl. the intercept
+        errors[i] = np.mean(((Y - fitted) / (1.0 - h)[:, None]) ** 2, axis=0)
+    alpha = alphas[np.argmin(errors, axis=0)]
+    if dual:
+        coef = X.T @ (Q @ (UtY / (lam[:, None] + alpha[None, :])))
+    else:
+        coef = Q @ ((Q.T @ (X.T @ Y)) / (lam[:, None] + alpha[None, :]))
+    return coef, alpha, errors
+
+
 class RidgeBlender(BlenderBase):
-    """Standardise, then ridge with alpha chosen per target by efficient leave-one-out CV on the training rows."""
+    """Standardise, then ridge with alpha chosen per target by exact leave-one-out CV on the training rows.
+
+    Same estimator as ``StandardScaler + RidgeCV(alpha_per_target=True)``, several times faster when the
+    features are about as many as the rows (5 concatenated embeddings: 3,000 dims, 3,128 rows).
+    """
 
     def __init__(self, alphas=RIDGE_ALPHAS):
         self.alphas = alphas
 
     def fit(self, X, y):
         X, Y = self._start_fit(X, y)
-        self.model_ = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(self.alphas, float), alpha_per_target=True))
-        self.model_.fit(X, Y)
-        self.alpha_ = np.atleast_1d(self.model_[-1].alpha_)
+        self.mean_ = X.mean(axis=0)
+        scale = X.std(axis=0)
+        self.scale_ = np.where(scale > 1e-12 * max(1.0, np.abs(self.mean_).max(initial=0.0)), scale, 1.0)
+        y_mean = Y.mean(axis=0)
+        coef, self.alpha_, self.loo_mse_ = loo_ridge((X - self.mean_) / self.scale_, Y - y_mean,
+                                                     np.asarray(self.alphas, dtype=np.float64))
+        self.coef_ = coef
+        self.intercept_ = y_mean
         return self
 
     def predict(self, X):
         X = self._start_predict(X)
-        return self._finish(self.model_.predict(X))
+        return self._finish((X - self.mean_) / self.scale_ @ self.coef_ + self.intercept_)
 
 
 def _scaler(scaling: str):
@@ -75,9 +111,9 @@ class LGBMBlender(BlenderBase):
     The rows being predicted (an outer CV fold, the test set) never steer the number of trees.
     """
 
-    def __init__(self, n_estimators=2000, learning_rate=0.03, num_leaves=15, min_child_samples=20,
+    def __init__(self, n_estimators=1000, learning_rate=0.05, num_leaves=15, min_child_samples=20,
                  colsample_bytree=0.3, subsample=0.8, reg_lambda=1.0, valid_fraction=0.15,
-                 early_stopping_rounds=100, n_jobs=2, random_state=0):
+                 early_stopping_rounds=50, n_jobs=2, random_state=0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves

@@ -121,6 +121,16 @@ def test_rounding_only_when_cv_says_it_helps(project):
     assert r["rounding"]["nested_rounded"] >= r["blend"]["mcrmse"]
 
 
+def test_embeddings_plus_oof_predictions_in_one_feature_blender_are_refused(two_models):
+    # same-fold CV of such a blender leaks the held-out labels through the stage-one heads (see run.LEAK)
+    with pytest.raises(StackError, match="--features both lets ridge see"):
+        run_blend(two_models, ["a", "b"], "ridge", "both")
+    with pytest.raises(StackError, match="--features both lets lgbm see"):
+        run_blend(two_models, ["a", "b"], "hill", "both", compare=["lgbm"])
+    r = run_blend(two_models, ["a", "b"], "stack", "both", compare=["hill"])  # members see one kind each
+    assert r["features"] == "both"
+
+
 def test_unknown_names_are_refused(two_models):
     with pytest.raises(StackError, match="valid: emb, preds, both"):
         run_blend(two_models, ["a"], "ridge", "embeddings")

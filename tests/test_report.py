@@ -20,7 +20,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_report_has_tables_and_plots(project):
     run_folds(load_params())
     params = write_fake_models({"a": 0.3, "b": 0.4})
-    run_blend(params, ["a", "b"], "stack", "both", compare=["ridge", "hill"])
+    run_blend(params, ["a", "b"], "stack", "emb", compare=["ridge", "hill"])
     md = write_report()
     assert md == paths.report()
     text = md.read_text()

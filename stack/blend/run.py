@@ -97,9 +97,22 @@ def weights_table(est, layout) -> dict | None:
     return None
 
 
+LEAK = ("--features both lets {method} see a model's embeddings AND its OOF predictions: the per-fold heads "
+        "that made those predictions were fitted on the held-out fold's labels, so same-fold CV is badly optimistic "
+        "(frozen minilm, ridge: 0.471 reported vs 0.558 when stage one is refitted inside each fold). "
+        "Use --features emb or preds, or --method stack (ridge on embeddings + hill climbing on predictions)")
+
+
+def check_honest(method: str, features: str) -> None:
+    """Refuse a combination whose same-fold nested CV is not honest (see ``LEAK``)."""
+    if get_blender(method).inputs == "any" and features == "both":
+        raise StackError(LEAK.format(method=method))
+
+
 def evaluate(method: str, features: str, train: dict, models: list[str], y, fold, options: BlendOptions) -> dict:
     """Nested and in-sample CV of one method -> dict with arrays (``nested``, ``in_sample``) and the fitted blender."""
     entry = get_blender(method)
+    check_honest(method, features)
     layout = make_layout(train, models, features_for(method, features))
     X = matrix(train, layout)
     t0 = time.perf_counter()
@@ -116,8 +129,8 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
     get_blender(method)
     check_features(features)
     compare = list(compare if compare is not None else getattr(cfg, "compare", DEFAULT_COMPARE))
-    for m in compare:
-        get_blender(m)
+    for m in [method, *compare]:
+        check_honest(m, features)
     options = options or options_from(cfg)
     try_rounding = bool(getattr(cfg, "round", False)) if try_rounding is None else try_rounding
     ctx = load_context(params)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from stack import cache, paths
-from stack.blend.persist import load_blend, predict_blend
+from stack.blend.persist import cache_fingerprints, load_blend, predict_blend
 from stack.blend.run import run_blend
 from stack.config import load_params
 from stack.errors import StackError
@@ -20,7 +20,8 @@ from stack.schema import ID, PRED_COLS, SCORE_STEP, TARGETS, emb_cols
 from stack.stages import load_context, run_folds
 
 
-def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, uniform: bool = False, folds_fp=None):
+def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, uniform: bool = False, folds_fp=None,
+                      config: str | None = None):
     """cache/<name>/ for each ``{name: noise}``: OOF = truth + noise, embeddings carry the truth + noise.
 
     Needs cache/folds.parquet (``run_folds``). Returns the params.
@@ -36,7 +37,7 @@ def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, 
             return pd.concat([pd.DataFrame({ID: ids}), pd.DataFrame(truth + err, columns=list(PRED_COLS)),
                               pd.DataFrame(emb.astype(np.float32), columns=emb_cols(emb_dim))], axis=1)
         test_truth = rng.uniform(1, 5, (len(ctx.test), 6))
-        meta = {"data": ctx.data_fp, "folds": folds_fp or ctx.folds_fp, "config": f"cfg-{name}", "model": name,
+        meta = {"data": ctx.data_fp, "folds": folds_fp or ctx.folds_fp, "config": config or f"cfg-{name}", "model": name,
                 "kind": "embed", "version": "test", "config_json": {}}
         cache.write_model(name, frame(ctx.train[ID], y), frame(ctx.test[ID], test_truth), meta)
     return params
@@ -80,7 +81,7 @@ def test_nested_score_is_not_more_optimistic_than_in_sample(two_models, method, 
 
 def test_saved_blend_round_trip_reproduces_the_submission(two_models):
     run_blend(two_models, ["a", "b"], "stack", "both", compare=[])
-    fitted = load_blend(expect={"models": {"a": "cfg-a", "b": "cfg-b"}})
+    fitted = load_blend(expect=cache_fingerprints(["a", "b"]))
     frames = {m: cache.read_model(m, "test")[0] for m in ("a", "b")}
     frames["b"] = frames["b"].iloc[::-1]  # joined on text_id, not row order
     got = predict_blend(fitted, frames).set_index(ID)
@@ -99,6 +100,14 @@ def test_loading_refuses_other_caches_and_names_the_model(two_models):
     fitted = load_blend()
     with pytest.raises(StackError, match="no features for model 'b'"):
         predict_blend(fitted, {"a": cache.read_model("a", "test")[0]})
+
+
+def test_a_rebuilt_cache_makes_the_saved_blend_refuse(two_models):
+    run_blend(two_models, ["a", "b"], "hill", "preds", compare=[])
+    load_blend(expect=cache_fingerprints(["a", "b"]))
+    write_fake_models({"b": 0.3}, config="cfg-b-v2")  # model b re-embedded with another config
+    with pytest.raises(StackError, match="model 'b' has changed since the blend was fitted"):
+        load_blend(expect=cache_fingerprints(["a", "b"]))
 
 
 def test_blend_refuses_a_cache_from_other_folds(two_models):

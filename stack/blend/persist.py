@@ -2,7 +2,7 @@
 it was fitted on (data, folds, each model's config hash). Loading refuses a mismatch and names the model.
 
     save_blend(fitted)                                   # models/blend/blender.joblib
-    fitted = load_blend(expect={"models": {"minilm": cfg.fingerprint()}})
+    fitted = load_blend(expect=cache_fingerprints(["minilm"]))   # refuses a blend fitted on other caches
     scores = predict_blend(fitted, {"minilm": frame})    # frame: text_id, pred_*, emb_* of NEW essays
 """
 
@@ -94,6 +94,19 @@ def load_blend(path: Path | None = None, expect: dict | None = None) -> FittedBl
         raise StackError(f"{path}: not a blend saved by this version of stack; rerun `stack blend`")
     check_blend(fitted, expect or {}, str(path))
     return fitted
+
+
+def cache_fingerprints(models) -> dict:
+    """What the current caches of ``models`` were made with -> ``{"folds": str, "models": {name: config hash}}``:
+    pass it as ``expect`` to ``load_blend`` to refuse a blend fitted on other stage-one models."""
+    from stack.cache import read_model
+
+    metas = {m: read_model(m, "test")[1] for m in models}
+    folds = {meta.get("folds") for meta in metas.values()}
+    out = {"models": {m: meta.get("config") for m, meta in metas.items()}}
+    if len(folds) == 1:
+        out["folds"] = folds.pop()
+    return out
 
 
 def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:

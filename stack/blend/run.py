@@ -21,7 +21,7 @@ from stack.blend.persist import FittedBlend, postprocess, predict_blend, save_bl
 from stack.blend.registry import BlendOptions, features_for, get_blender
 from stack.errors import StackError
 from stack.metrics import mcrmse
-from stack.schema import FOLD, ID, TARGETS
+from stack.schema import FOLD, ID, PRED_COLS, TARGETS
 from stack.stages import Context, load_context
 
 DEFAULT_COMPARE = ("ridge", "hill", "nelder-mead", "stack")
@@ -55,8 +55,7 @@ def load_features(ctx: Context, models: list[str], features: str):
 
 
 def oof_of(frame: pd.DataFrame) -> np.ndarray:
-    from stack.schema import PRED_COLS
-
+    """The six prediction columns of a cache frame -> ``(n, 6)``."""
     return frame[list(PRED_COLS)].to_numpy(np.float64)
 
 

@@ -49,7 +49,7 @@ def test_repro_then_noop_then_only_what_changed(repo):
 
     # a stage-two param reruns only stage two
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["blend"]["features"] = "both"
+    params["blend"]["method"] = "hill"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(sh(*dvc, "repro", cwd=repo)) == {"blend"}
 
@@ -80,7 +80,7 @@ def test_queue_of_two_experiments_completes_with_two_workers(repo):
     sh("git", "add", "-A", cwd=repo)
     sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", cwd=repo)
     sh(*dvc, "exp", "run", "--queue", "-S", "blend.features=preds", "-n", "preds", cwd=repo)
-    sh(*dvc, "exp", "run", "--queue", "-S", "blend.features=both", "-n", "both", cwd=repo)
+    sh(*dvc, "exp", "run", "--queue", "-S", "blend.method=hill", "-n", "hill", cwd=repo)
     sh(*dvc, "queue", "start", "-j", "2", cwd=repo)
     deadline = time.monotonic() + 600
     while len(experiments(repo)) < 2 and time.monotonic() < deadline:
@@ -88,5 +88,5 @@ def test_queue_of_two_experiments_completes_with_two_workers(repo):
     status = sh(*dvc, "queue", "status", cwd=repo)
     assert status.count("Success") == 2, status
     exps = experiments(repo)
-    assert exps["preds"]["features"] == "preds" and exps["both"]["features"] == "both"
-    assert exps["preds"]["blend"] != exps["both"]["blend"]
+    assert exps["preds"]["features"] == "preds" and exps["hill"]["method"] == "hill"
+    assert exps["preds"]["blend"] != exps["hill"]["blend"]

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 from typer.testing import CliRunner
 
 from stack.cli import app
@@ -26,6 +27,9 @@ def run_pipeline():
 
 
 def test_folds_embed_blend_write_every_file_with_its_schema(project):
+    cfg = yaml.safe_load(open("configs/models/minilm.yaml"))
+    cfg.update(layers=[-1], pooling=["mean", "max"])
+    yaml.safe_dump(cfg, open("configs/models/minilm.yaml", "w"))
     out = run_pipeline()
     assert "blend:ridge" in out
 
@@ -39,7 +43,7 @@ def test_folds_embed_blend_write_every_file_with_its_schema(project):
         assert len(df) == n and df["text_id"].is_unique
         emb = [c for c in df.columns if c.startswith("emb_")]
         assert list(df.columns) == ["text_id", *PRED_COLS, *emb]
-        assert len(emb) == 32  # tiny encoder's hidden size, mean pooling of the last layer
+        assert len(emb) == 2 * 32  # (last layer) x (mean, max) of the 32-wide tiny encoder
         assert all(str(df[c].dtype) == "float32" for c in emb)
         meta = json.loads(table.schema.metadata[b"stack"])
         assert {"data", "folds", "config", "version", "model"} <= set(meta)

@@ -6,6 +6,7 @@ noisy OOF predictions. ``--cache`` times the real caches of ``--models`` in the 
     nice -n 10 .venv/bin/python benchmarks/blend.py                      # all methods, synthetic
     .venv/bin/python benchmarks/blend.py --methods ridge,hill --rows 800  # quick look
     .venv/bin/python benchmarks/blend.py --cache --models minilm,mpnet    # real caches (run in the project root)
+    .venv/bin/python benchmarks/blend.py --vs-sklearn                     # one ridge fit: ours vs RidgeCV, side by side
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ def from_cache(models: list[str]):
     return train, ctx.y, ctx.fold
 
 
+def vs_sklearn(X: np.ndarray, y: np.ndarray) -> None:
+    """One full-data ridge fit, ours vs StandardScaler + RidgeCV(alpha_per_target), same data, same process."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from stack.blend.feature_blenders import RIDGE_ALPHAS, RidgeBlender
+
+    t0 = time.perf_counter()
+    ours = RidgeBlender().fit(X, y)
+    t1 = time.perf_counter()
+    ref = make_pipeline(StandardScaler(), RidgeCV(alphas=np.array(RIDGE_ALPHAS), alpha_per_target=True)).fit(X, y)
+    t2 = time.perf_counter()
+    same = np.allclose(ours.predict(X[:200]), ref.predict(X[:200]), atol=1e-6)
+    print(f"ridge on {X.shape}: ours {t1 - t0:.1f}s, sklearn RidgeCV {t2 - t1:.1f}s, ratio {(t2 - t1) / (t1 - t0):.1f}x; "
+          f"same predictions: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(ORDER))
@@ -60,6 +79,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=600, help="embedding width of each synthetic model")
     ap.add_argument("--cache", action="store_true", help="use the project's caches of --models")
     ap.add_argument("--models", default="minilm")
+    ap.add_argument("--vs-sklearn", action="store_true", help="time one ridge fit against sklearn RidgeCV and stop")
     args = ap.parse_args()
     if args.cache:
         models = args.models.split(",")
@@ -67,6 +87,11 @@ def main() -> None:
     else:
         frames, y, fold = synthetic(args.rows, args.n_models, args.dim)
         models = list(frames)
+    if args.vs_sklearn:
+        from stack.blend.features import make_layout, matrix
+
+        vs_sklearn(matrix(frames, make_layout(frames, models, "emb")), y)
+        return
     n_emb = sum(len([c for c in f.columns if c.startswith("emb_")]) for f in frames.values())
     print(f"{len(y)} rows, {len(models)} models, {n_emb} embedding dims, {len(np.unique(fold))} folds, "
           f"{len(os.sched_getaffinity(0))} cores; seconds = {len(np.unique(fold))} nested fits + 1 full fit")

@@ -111,6 +111,17 @@ def plot_methods(cv: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def summary_table(cv: dict) -> str:
+    """Markdown table for README: every model's CV, every method's nested CV (in-sample beside it), the chosen blend."""
+    lines = ["| | features | CV MCRMSE (nested) | in-sample |", "|---|---|---|---|"]
+    for name, s in sorted(cv["single"].items(), key=lambda kv: kv[1]["mcrmse"]):
+        lines.append(f"| model `{name}` (stage-one OOF) | | {s['mcrmse']:.4f} | |")
+    for m, r in sorted(cv["methods"].items(), key=lambda kv: kv[1]["nested"]["mcrmse"]):
+        chosen = " **(chosen)**" if m == cv["method"] else ""
+        lines.append(f"| blend `{m}`{chosen} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(cv: dict, images: dict[str, str]) -> str:
     """report.md text from the cv.json dict and {name: image file name}."""
     head = "| | MCRMSE | " + " | ".join(TARGETS) + " |\n|---|---|" + "---|" * len(TARGETS) + "\n"
@@ -133,6 +144,7 @@ def markdown(cv: dict, images: dict[str, str]) -> str:
         "## Models and blend\n\n", head,
         *[row(n, s) for n, s in cv["single"].items()], row(f"**blend: {cv['method']}** (nested)", b),
         f"\n![per-target RMSE]({images['per_target']})\n\n",
+        "## Summary (for README)\n\n", summary_table(cv), "\n",
         "## Every method tried\n\n| method | features | nested | in-sample | seconds |\n|---|---|---|---|---|\n",
         *[f"| {m} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} | {r['seconds']:.1f} |\n"
           for m, r in sorted(cv["methods"].items(), key=lambda kv: kv[1]["nested"]["mcrmse"])],

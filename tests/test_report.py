@@ -28,6 +28,7 @@ def test_report_has_tables_and_plots(project):
     assert f"{cv['blend']['mcrmse']:.4f}" in text and f"{cv['single']['a']['mcrmse']:.4f}" in text
     for m in ("ridge", "hill", "stack"):
         assert f"| {m} |" in text
+        assert f"| blend `{m}`{' **(chosen)**' if m == 'stack' else ''} |" in text
     for png in ("per_target_rmse.png", "methods.png", "weights.png", "oof_scatter.png"):
         assert f"]({png})" in text
         assert (md.parent / png).read_bytes()[:8] == PNG

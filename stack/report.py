@@ -122,8 +122,9 @@ def summary_table(cv: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(cv: dict, images: dict[str, str]) -> str:
-    """report.md text from the cv.json dict and {name: image file name}."""
+def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> str:
+    """report.md text from the cv.json dict, {name: image file name} and {method: seconds} (blend.json)."""
+    seconds = seconds or {}
     head = "| | MCRMSE | " + " | ".join(TARGETS) + " |\n|---|---|" + "---|" * len(TARGETS) + "\n"
 
     def row(name, s):
@@ -146,7 +147,7 @@ def markdown(cv: dict, images: dict[str, str]) -> str:
         f"\n![per-target RMSE]({images['per_target']})\n\n",
         "## Summary (for README)\n\n", summary_table(cv), "\n",
         "## Every method tried\n\n| method | features | nested | in-sample | seconds |\n|---|---|---|---|---|\n",
-        *[f"| {m} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} | {r['seconds']:.1f} |\n"
+        *[f"| {m} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} | {seconds.get(m, float('nan')):.1f} |\n"
           for m, r in sorted(cv["methods"].items(), key=lambda kv: kv[1]["nested"]["mcrmse"])],
         f"\n![methods]({images['methods']})\n\n",
     ]
@@ -179,5 +180,7 @@ def write_report(cv_path: Path | None = None, oof_path: Path | None = None, out:
     if oof_path.is_file():
         images["scatter"] = "oof_scatter.png"
         plot_scatter(pd.read_parquet(oof_path), out.parent / images["scatter"])
-    out.write_text(markdown(cv, images), encoding="utf-8")
+    blend_json = paths.blend_dir() / "blend.json"
+    seconds = json.loads(blend_json.read_text()).get("seconds", {}) if blend_json.is_file() else {}
+    out.write_text(markdown(cv, images, seconds), encoding="utf-8")
     return out

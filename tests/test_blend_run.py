@@ -68,6 +68,7 @@ def test_blend_beats_single_models_and_writes_every_output(two_models):
     assert list(sub.columns) == [ID, *TARGETS]
     assert sub[ID].tolist() == sample[ID].tolist()
     assert sub[list(TARGETS)].to_numpy().min() >= 1.0 and sub[list(TARGETS)].to_numpy().max() <= 5.0
+    assert set(json.loads((paths.blend_dir() / "blend.json").read_text())["seconds"]) == {"hill", "ridge", "nelder-mead"}
     oof = pd.read_parquet(paths.blend_dir() / "oof.parquet")
     assert len(oof) == len(load_context(params).train)
 
@@ -77,6 +78,13 @@ def test_nested_score_is_not_more_optimistic_than_in_sample(two_models, method, 
     r = run_blend(two_models, ["a", "b", "c"], method, features, compare=[])
     assert r["blend"]["mcrmse"] >= r["blend"]["in_sample"]["mcrmse"]
     assert r["blend"]["optimism"] >= 0
+
+
+def test_metrics_are_deterministic(two_models):
+    run_blend(two_models, ["a", "b"], "stack", "emb", compare=["ridge", "nelder-mead"])
+    first = paths.cv_metrics().read_bytes(), paths.SUBMISSION.read_bytes()
+    run_blend(two_models, ["a", "b"], "stack", "emb", compare=["ridge", "nelder-mead"])
+    assert (paths.cv_metrics().read_bytes(), paths.SUBMISSION.read_bytes()) == first
 
 
 def test_saved_blend_round_trip_reproduces_the_submission(two_models):

@@ -153,7 +153,7 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
         "best_single": {"model": best, "mcrmse": single[best]["mcrmse"]},
         "gain_over_best_single": single[best]["mcrmse"] - blend_score["mcrmse"],
         "methods": {m: {"features": r["layout"].features, "nested": score(y, r["nested"]),
-                        "in_sample": score(y, r["in_sample"]), "seconds": round(r["seconds"], 2)} for m, r in runs.items()},
+                        "in_sample": score(y, r["in_sample"])} for m, r in runs.items()},
         "rounding": {"tried": try_rounding, "nested_rounded": mcrmse(y, rounded)[0], "applied": bool(use_round)},
         "weights": weights_table(chosen["estimator"], chosen["layout"]),
         "n_rows": int(len(y)), "n_folds": int(len(np.unique(fold))),
@@ -163,22 +163,26 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
         fingerprints={"data": ctx.data_fp, "folds": ctx.folds_fp, "models": {n: metas[n].get("config") for n in models}},
         cv={"nested": blend_score["mcrmse"], "in_sample": in_sample["mcrmse"]}, version=__import__("stack").__version__,
     )
+    # Timings vary run to run: they go to models/blend/blend.json, not to the metrics DVC compares.
+    seconds = {m: round(r["seconds"], 2) for m, r in runs.items()}
     sub = predict_blend(fitted, test)
     sub = aligned({"submission": sub}, ctx.sample_ids[ID], "test predictions")["submission"]
     oof = pd.DataFrame({ID: ctx.train[ID].to_numpy(), FOLD: fold})
     for i, t in enumerate(TARGETS):
         oof[f"true_{t}"], oof[f"pred_{t}"] = y[:, i], nested[:, i]
-    write_outputs(sub, result, fitted, oof)
+    write_outputs(sub, result, fitted, oof, seconds)
     return result
 
 
-def write_outputs(sub: pd.DataFrame, result: dict, fitted: FittedBlend | None = None, oof: pd.DataFrame | None = None) -> None:
+def write_outputs(sub: pd.DataFrame, result: dict, fitted: FittedBlend | None = None, oof: pd.DataFrame | None = None,
+                  seconds: dict | None = None) -> None:
     """submission.csv, metrics/cv.json and the saved blend, each written to a temp file and renamed."""
     outputs = [(paths.SUBMISSION, lambda p: sub.to_csv(p, index=False)),
                (paths.cv_metrics(), lambda p: p.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n"))]
     if fitted is not None:
         config = {"method": fitted.method, "layout": fitted.layout.__dict__, "fingerprints": fitted.fingerprints,
-                  "round_to_grid": fitted.round_to_grid, "cv": fitted.cv, "estimator": repr(fitted.estimator)}
+                  "round_to_grid": fitted.round_to_grid, "cv": fitted.cv, "estimator": repr(fitted.estimator),
+                  "seconds": seconds or {}}
         outputs.append((paths.blend_dir() / "blend.json", lambda p: p.write_text(json.dumps(config, indent=2, default=list) + "\n")))
     for path, write in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)

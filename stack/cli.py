@@ -79,6 +79,30 @@ def embed(
 
 @app.command()
 @friendly
+def train(
+    name: str = typer.Argument(..., help="a name under configs/train/"),
+    set_: list[str] = typer.Option(None, "--set", help="override a training key, e.g. --set epochs=1 --set folds=[0]"),
+    params: Path = PARAMS_OPT,
+) -> None:
+    """Fine-tune a backbone on every fold -> models/<name>/fold<k>/ and cache/<name>/ (resumes finished folds)."""
+    from stack.config import load_params
+    from stack.train import dist
+    from stack.train.run import run_train
+
+    r = run_train(name, load_params(params), set_)
+    if not dist.is_main():
+        return
+    for k, f in sorted(r["folds"].items()):
+        typer.echo(f"fold {k}: MCRMSE {f['mcrmse']:.4f}" + ("  (finished earlier: skipped)" if f["skipped"] else ""))
+    if r["pending"]:
+        typer.echo(f"folds {', '.join(map(str, r['pending']))} not trained yet; the cache is written once every fold is done")
+    else:
+        typer.echo(_line(name, r["mcrmse"], r["per_target"]))
+        typer.echo(f"wrote cache/{name}/, models/{name}/fold*/ in {r['seconds'] / 60:.1f} min")
+
+
+@app.command()
+@friendly
 def blend(
     models: str = typer.Option(None, "--models", help="comma-separated cached models (default: params.yaml blend.models)"),
     method: str = typer.Option(None, "--method", help="blender name (default: params.yaml blend.method)"),

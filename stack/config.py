@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,7 @@ from stack.errors import StackError
 
 PARAMS = Path("params.yaml")
 DEBUG_ROWS = 48
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 DEBUG_FOLDS = 2
 
 
@@ -53,11 +55,17 @@ class BlendConfig:
 
 
 @dataclass(frozen=True)
+class TrainStageConfig:
+    models: tuple[str, ...] = ()  # each has configs/train/<name>.yaml; DVC runs train@<name> for each
+
+
+@dataclass(frozen=True)
 class Params:
     debug: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    train: TrainStageConfig = field(default_factory=TrainStageConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
 
 
@@ -109,6 +117,8 @@ def _coerce(value, tp, where: str):
         return tuple(_coerce(v, item_tp, where) for v in value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string; people mean a float
     if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
         raise StackError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

@@ -148,6 +148,18 @@ def test_embeddings_plus_oof_predictions_in_one_feature_blender_are_refused(two_
     assert r["features"] == "both"
 
 
+def test_bad_blend_options_in_params_are_refused():
+    from types import SimpleNamespace
+
+    from stack.blend.run import options_from
+
+    assert options_from(SimpleNamespace(bounds=[0, 1], negative=True)).bounds == (0, 1)
+    with pytest.raises(StackError, match="blend.bounds must be"):
+        options_from(SimpleNamespace(bounds=[1.0, 0.0]))
+    with pytest.raises(StackError, match="blend.svr_scaling 'minmax'"):
+        options_from(SimpleNamespace(svr_scaling="minmax"))
+
+
 def test_unknown_names_are_refused(two_models):
     with pytest.raises(StackError, match="valid: emb, preds, both"):
         run_blend(two_models, ["a"], "ridge", "embeddings")

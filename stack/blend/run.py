@@ -77,12 +77,19 @@ def nested_and_in_sample(make, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
 
 def options_from(cfg) -> BlendOptions:
     """BlendOptions from params.yaml ``blend:`` (keys the config does not have keep their defaults)."""
+    from stack.blend.feature_blenders import SCALINGS
+
     defaults = BlendOptions()
     bounds = getattr(cfg, "bounds", defaults.bounds)
+    if bounds is not None and (len(bounds) != 2 or not bounds[0] < bounds[1]):
+        raise StackError(f"params.yaml: blend.bounds must be [low, high] with low < high (or null), got {list(bounds)}")
+    scaling = getattr(cfg, "svr_scaling", defaults.svr_scaling)
+    if scaling not in SCALINGS:
+        raise StackError(f"params.yaml: blend.svr_scaling {scaling!r} is not one of {', '.join(SCALINGS)}")
     return BlendOptions(
         negative=getattr(cfg, "negative", defaults.negative),
         bounds=tuple(bounds) if bounds else None,
-        svr_scaling=getattr(cfg, "svr_scaling", defaults.svr_scaling),
+        svr_scaling=scaling,
         lgbm_n_jobs=getattr(cfg, "lgbm_n_jobs", defaults.lgbm_n_jobs),
     )
 

@@ -3,6 +3,7 @@
     stack folds                         # cache/folds.parquet
     stack embed minilm                  # cache/minilm/{train,test}.parquet
     stack blend --models minilm         # submission.csv, metrics/cv.json
+    stack predict --input essays.csv --out scores.csv
     stack score submission.csv labels.csv
 """
 
@@ -106,19 +107,47 @@ def train(
 def blend(
     models: str = typer.Option(None, "--models", help="comma-separated cached models (default: params.yaml blend.models)"),
     method: str = typer.Option(None, "--method", help="blender name (default: params.yaml blend.method)"),
-    features: str = typer.Option(None, "--features", help="emb | preds | both"),
+    features: str = typer.Option(None, "--features", help="emb | preds | both (both: method stack only)"),
+    compare: str = typer.Option(None, "--compare", help="other methods to score, comma-separated ('' for none)"),
+    round_: bool = typer.Option(None, "--round/--no-round", help="try rounding to the 0.5 grid (kept only if CV improves)"),
     params: Path = PARAMS_OPT,
 ) -> None:
-    """Stage two on the cached models -> submission.csv and metrics/cv.json."""
+    """Stage two on the cached models -> submission.csv, metrics/cv.json, models/blend/."""
     from stack.blend.run import run_blend
     from stack.config import load_params
 
     p = load_params(params)
-    r = run_blend(p, _models(models, p.blend.models), method or p.blend.method, features or p.blend.features)
-    for name, s in r["single"].items():
+    r = run_blend(p, _models(models, p.blend.models), method or p.blend.method, features or p.blend.features,
+                  compare=None if compare is None else _models(compare, []), try_rounding=round_)
+    for name, s in sorted(r["single"].items(), key=lambda kv: kv[1]["mcrmse"]):
         typer.echo(_line(name, s["mcrmse"], s["per_target"]))
-    typer.echo(_line(f"blend:{r['method']}", r["blend"]["mcrmse"], r["blend"]["per_target"]))
-    typer.echo("wrote submission.csv, metrics/cv.json")
+    for m, s in r["methods"].items():
+        typer.echo(f"method {m:<12} ({s['features']}): nested {s['nested']['mcrmse']:.4f}  in-sample {s['in_sample']['mcrmse']:.4f}")
+    typer.echo(_line(f"blend:{r['method']}", r["blend"]["mcrmse"], r["blend"]["per_target"]) + "  (nested CV)")
+    typer.echo("wrote submission.csv, metrics/cv.json, models/blend/")
+
+
+@app.command()
+@friendly
+def report(out: Path = typer.Option(None, "--out", help="default reports/report.md")) -> None:
+    """reports/report.md with PNG plots from metrics/cv.json and the saved blend's OOF predictions."""
+    from stack.report import write_report
+
+    typer.echo(f"wrote {write_report(out=out)}")
+
+
+@app.command()
+@friendly
+def predict(
+    input_csv: Path = typer.Option(..., "--input", help="CSV with text_id, full_text (other columns are ignored)"),
+    out: Path = typer.Option(Path("scores.csv"), "--out", help="where to write text_id + six scores"),
+    models: str = typer.Option(None, "--models", help="comma-separated models (default: those the saved blend uses)"),
+) -> None:
+    """Score new essays with the saved stage-one models and the saved blend -> OUT."""
+    from stack.predict import run_predict
+
+    scores = run_predict(input_csv, out, _models(models, []))
+    typer.echo(f"wrote {out}: {len(scores)} essays scored")
 
 
 @app.command()

@@ -50,8 +50,14 @@ class EmbedConfig:
 @dataclass(frozen=True)
 class BlendConfig:
     models: tuple[str, ...] = ("minilm",)
-    method: str = "ridge"
-    features: str = "emb"
+    method: str = "ridge"  # the blend written to submission.csv
+    features: str = "emb"  # emb | preds (both only for method stack: one blender must not see both)
+    compare: tuple[str, ...] = ("ridge", "hill", "nelder-mead", "stack")  # also scored, for metrics/cv.json
+    negative: bool = False  # hill / nelder-mead may give a model a negative weight
+    bounds: tuple[float, ...] | None = None  # nelder-mead weight bounds [low, high]
+    svr_scaling: str = "standard"  # standard | l2
+    round: bool = False  # try rounding to the 0.5 grid; applied only if nested CV improves
+    lgbm_n_jobs: int = 2
 
 
 @dataclass(frozen=True)

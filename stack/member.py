@@ -22,6 +22,7 @@ import pandas as pd
 from stack import cache, paths
 from stack.config import read_yaml, sha256_json
 from stack.errors import StackError
+from stack.heads import save_heads
 from stack.metrics import mcrmse
 from stack.oof import cross_fit
 from stack.schema import ID, PRED_COLS, TARGETS, emb_cols
@@ -81,6 +82,7 @@ def fit_and_write(name: str, kind: str, cfg, ctx, make_head, X, X_test, emb=None
         "cv": {"mcrmse": score, "per_target": per_target}, "head": {"alphas_grid": list(grid), "chosen": alphas},
         **(extra or {}),
     }
+    save_heads(name, models, meta)  # before the cache: a cache on disk always has the heads that made it
     cache.write_model(name, frame(ctx.train[ID], oof, emb), frame(ctx.test[ID], test_pred, emb_test), meta)
     (paths.model_cache(name) / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return {"mcrmse": score, "per_target": per_target, "alphas": alphas, "alphas_at_edge": edge}

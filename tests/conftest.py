@@ -68,7 +68,8 @@ def small_data(dest: Path, n_train: int = 40) -> None:
 
 
 def make_project(dest: Path, encoder_dir: Path) -> Path:
-    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, models on ``encoder_dir``."""
+    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, one member (minilm), every
+    backbone config on ``encoder_dir``."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, dest / name)
@@ -76,6 +77,7 @@ def make_project(dest: Path, encoder_dir: Path) -> Path:
     small_data(dest / "data" / "fb3")
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["folds"]["n_folds"] = 2
+    params["embed"]["models"] = params["blend"]["models"] = ["minilm"]  # tests that need more members add them
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cfg_path in (dest / "configs" / "models").glob("*.yaml"):
         cfg = yaml.safe_load(cfg_path.read_text()) or {}

@@ -30,17 +30,29 @@ def atomic_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_table(df: pd.DataFrame, path: Path, meta: dict) -> None:
-    """Write ``df`` to ``path`` atomically (temp file + rename) with ``meta`` in the schema metadata."""
+def atomic_write(path: Path, write) -> Path:
+    """``write(tmp)`` to a temporary sibling, then rename it onto ``path``: readers see the old file or the
+    whole new one, never a part; a failed or killed write leaves no partial file under the real name."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
     tmp = atomic_path(path)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, obj) -> Path:
+    return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
+
+
+def write_table(df: pd.DataFrame, path: Path, meta: dict) -> None:
+    """Write ``df`` to ``path`` atomically (temp file + rename) with ``meta`` in the schema metadata."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    atomic_write(path, lambda p: pq.write_table(table, p))
 
 
 def read_table(path: Path, hint: str) -> tuple[pd.DataFrame, dict]:

@@ -23,17 +23,9 @@ def heads_file(name: str) -> Path:
 
 def save_heads(name: str, heads: list, meta: dict) -> Path:
     """Dump the fold heads (each maps features ``(n, d)`` -> ``(n, 6)``) and ``meta`` atomically."""
-    from stack.cache import atomic_path
+    from stack.cache import atomic_write
 
-    path = heads_file(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        joblib.dump({"heads": heads, "meta": meta}, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(heads_file(name), lambda p: joblib.dump({"heads": heads, "meta": meta}, p))
 
 
 def load_heads(name: str) -> tuple[list, dict]:

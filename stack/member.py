@@ -84,5 +84,5 @@ def fit_and_write(name: str, kind: str, cfg, ctx, make_head, X, X_test, emb=None
     }
     save_heads(name, models, meta)  # before the cache: a cache on disk always has the heads that made it
     cache.write_model(name, frame(ctx.train[ID], oof, emb), frame(ctx.test[ID], test_pred, emb_test), meta)
-    (paths.model_cache(name) / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    cache.write_json(paths.model_cache(name) / "config.json", meta)
     return {"mcrmse": score, "per_target": per_target, "alphas": alphas, "alphas_at_edge": edge}

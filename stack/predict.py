@@ -93,7 +93,7 @@ def member_frame(name: str, essays: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def run_predict(input_csv: Path, out_csv: Path, models: list[str] | None = None) -> pd.DataFrame:
     """Scores DataFrame[text_id, *TARGETS] for the essays in ``input_csv``, written to ``out_csv``."""
     from stack.blend.persist import check_blend, load_blend, predict_blend
-    from stack.cache import atomic_path
+    from stack.cache import atomic_write
     from stack.data import read_essays
 
     essays = read_essays(input_csv)
@@ -112,12 +112,5 @@ def run_predict(input_csv: Path, out_csv: Path, models: list[str] | None = None)
         frames[name], hashes[name] = member_frame(name, essays)
     check_blend(fitted, {"models": hashes})
     scores = predict_blend(fitted, {m: frames[m] for m in fitted.layout.models})
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(out_csv)
-    try:
-        scores.to_csv(tmp, index=False)
-        tmp.replace(out_csv)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(Path(out_csv), lambda p: scores.to_csv(p, index=False))
     return scores

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from stack import paths
+from stack.cache import atomic_write
 from stack.errors import StackError
 from stack.schema import TARGETS
 
@@ -45,7 +46,7 @@ def plot_per_target(cv: dict, out: Path) -> None:
     ax.set_title("Per-target RMSE: stage-one models (OOF) and the blend (nested CV)")
     ax.legend(fontsize=8, ncol=min(len(rows), 4))
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -67,7 +68,7 @@ def plot_scatter(oof: pd.DataFrame, out: Path, seed: int = 0) -> None:
         ax.set_ylabel("blend prediction (OOF)")
     fig.suptitle("Blend: out-of-fold prediction vs true score")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -85,7 +86,7 @@ def plot_weights(weights: dict, out: Path, title: str = "Blend weights per targe
     fig.colorbar(im, ax=ax, label="weight")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -107,7 +108,7 @@ def plot_methods(cv: dict, out: Path) -> None:
     ax.set_title("Every method tried")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -182,5 +183,5 @@ def write_report(cv_path: Path | None = None, oof_path: Path | None = None, out:
         plot_scatter(pd.read_parquet(oof_path), out.parent / images["scatter"])
     blend_json = paths.blend_dir() / "blend.json"
     seconds = json.loads(blend_json.read_text()).get("seconds", {}) if blend_json.is_file() else {}
-    out.write_text(markdown(cv, images, seconds), encoding="utf-8")
+    atomic_write(out, lambda p: p.write_text(markdown(cv, images, seconds), encoding="utf-8"))
     return out

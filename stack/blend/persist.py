@@ -49,17 +49,9 @@ def postprocess(pred: np.ndarray, round_to_grid: bool) -> np.ndarray:
 
 def save_blend(fitted: FittedBlend, path: Path | None = None) -> Path:
     """joblib-dump ``fitted`` (atomically) to ``path`` (default models/blend/blender.joblib)."""
-    from stack.cache import atomic_path
+    from stack.cache import atomic_write
 
-    path = Path(path or blend_file())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        joblib.dump(fitted, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(Path(path or blend_file()), lambda p: joblib.dump(fitted, p))
 
 
 def check_blend(fitted: FittedBlend, expect: dict, where: str = "") -> None:

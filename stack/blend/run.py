@@ -192,13 +192,7 @@ def write_outputs(sub: pd.DataFrame, result: dict, fitted: FittedBlend | None = 
                   "seconds": seconds or {}}
         outputs.append((paths.blend_dir() / "blend.json", lambda p: p.write_text(json.dumps(config, indent=2, default=list) + "\n")))
     for path, write in outputs:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.atomic_path(path)
-        try:
-            write(tmp)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        cache.atomic_write(path, write)
     if fitted is not None:
         save_blend(fitted)
     if oof is not None:

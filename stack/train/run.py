@@ -181,7 +181,7 @@ def run_train(name: str, params, overrides: list[str] | None = None) -> dict:
             "config_json": {"train": dataclasses.asdict(cfg), "backbone": dataclasses.asdict(mcfg)},
             "cv": {"mcrmse": score, "per_target": per_target}}
     cache.write_model(name, train_df, test_df, meta)
-    (paths.model_cache(name) / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    cache.write_json(paths.model_cache(name) / "config.json", meta)
     live.finish({"cv": {"mcrmse": score, **per_target}})
     return {**result, "mcrmse": score, "per_target": per_target}
 

@@ -13,7 +13,6 @@ Every file is written to a temp name and renamed; only safetensors, never pickle
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +21,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from stack import paths
-from stack.cache import atomic_path
+from stack.cache import atomic_write
 
 WEIGHTS, OUTPUTS, CONFIG = "model.safetensors", "outputs.safetensors", "config.json"
 ARRAYS = ("valid_pred", "valid_feats", "test_pred", "test_feats")
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_fold(name: str, fold: int, model, outputs: dict, config: dict, fold_hash: str) -> Path:
     """``outputs``: the four ARRAYS (float32, ``(n, 6)`` / ``(n, d)``) plus ``valid_ids`` and ``test_ids`` lists."""
     folder = paths.fold_dir(name, fold)
     (folder / OUTPUTS).unlink(missing_ok=True)  # not finished until the new outputs land
-    _atomic(folder / WEIGHTS, lambda p: save_model(model, str(p)))
-    _atomic(folder / CONFIG, lambda p: p.write_text(json.dumps({**config, "hash": fold_hash}, indent=2, sort_keys=True, default=str)))
+    atomic_write(folder / WEIGHTS, lambda p: save_model(model, str(p)))
+    atomic_write(folder / CONFIG, lambda p: p.write_text(json.dumps({**config, "hash": fold_hash}, indent=2, sort_keys=True, default=str)))
     tensors = {k: torch.from_numpy(np.ascontiguousarray(outputs[k], dtype=np.float32)) for k in ARRAYS}
     meta = {"hash": fold_hash, "valid_ids": json.dumps(list(outputs["valid_ids"])),
             "test_ids": json.dumps(list(outputs["test_ids"]))}
-    _atomic(folder / OUTPUTS, lambda p: save_file(tensors, str(p), metadata=meta))
+    atomic_write(folder / OUTPUTS, lambda p: save_file(tensors, str(p), metadata=meta))
     return folder
 
 

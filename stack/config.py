@@ -176,13 +176,19 @@ def load_params(path: Path = PARAMS) -> Params:
     return build(Params, read_yaml(path), str(path))
 
 
-def load_model_config(name: str, overrides: list[str] | None = None) -> ModelConfig:
-    """Read ``configs/models/<name>.yaml``; ``overrides`` are ``key=value`` strings applied on top."""
-    path = paths.model_config(name)
+def read_named(path: Path, name: str, overrides: list[str] | None, what: str) -> dict:
+    """The mapping in ``configs/<...>/<name>.yaml`` with ``key=value`` overrides on top and ``name`` set;
+    a missing file lists the known names (``what``: "model", "training config")."""
     if not path.exists():
-        known = sorted(p.stem for p in paths.CONFIGS.glob("*.yaml"))
-        raise StackError(f"unknown model {name!r}: no {path} (known models: {', '.join(known) or 'none'})")
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise StackError(f"unknown {what} {name!r}: no {path} (known {what}s: {', '.join(known) or 'none'})")
     raw = read_yaml(path)
     raw.update(parse_overrides(overrides))
     raw.setdefault("name", name)
-    return build(ModelConfig, raw, str(path))
+    return raw
+
+
+def load_model_config(name: str, overrides: list[str] | None = None) -> ModelConfig:
+    """Read ``configs/models/<name>.yaml``; ``overrides`` are ``key=value`` strings applied on top."""
+    path = paths.model_config(name)
+    return build(ModelConfig, read_named(path, name, overrides, "model"), str(path))

@@ -57,7 +57,7 @@ def test_unknown_train_config_lists_known(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs" / "train").mkdir(parents=True)
     (tmp_path / "configs" / "train" / "a.yaml").write_text("epochs: 1\n")
-    with pytest.raises(StackError, match="known: a"):
+    with pytest.raises(StackError, match="known training configs: a"):
         load_train_config("b")
     assert load_train_config("a", ["lr=0.001"]).lr == 0.001
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stack.config import build, parse_overrides, read_yaml
+from stack.config import build, read_named
 from stack.errors import StackError
 
 
@@ -36,10 +36,7 @@ def load_config(name: str, overrides: list[str] | None = None, kind_class=TfidfC
     from stack import paths
 
     path = paths.model_config(name)
-    raw = read_yaml(path)
-    raw.update(parse_overrides(overrides))
-    raw.setdefault("name", name)
-    cfg = build(kind_class, raw, str(path))
+    cfg = build(kind_class, read_named(path, name, overrides, "model"), str(path))
     if cfg.kind != kind_class.kind:
         raise StackError(f"{path}: kind {cfg.kind!r} cannot be read as {kind_class.kind!r}")
     return cfg

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from stack import paths
-from stack.config import build, parse_overrides, read_yaml, sha256_json
+from stack.config import build, read_named, sha256_json
 from stack.errors import StackError
 from stack.schema import TARGETS
 
@@ -121,10 +121,4 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
 def load_train_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
     """Read ``configs/train/<name>.yaml``; ``overrides`` are ``key=value`` strings applied on top."""
     path = paths.train_config(name)
-    if not path.exists():
-        known = sorted(p.stem for p in paths.TRAIN_CONFIGS.glob("*.yaml"))
-        raise StackError(f"unknown training config {name!r}: no {path} (known: {', '.join(known) or 'none'})")
-    raw = read_yaml(path)
-    raw.update(parse_overrides(overrides))
-    raw.setdefault("name", name)
-    return validate(build(TrainConfig, raw, str(path)), str(path))
+    return validate(build(TrainConfig, read_named(path, name, overrides, "training config"), str(path)), str(path))

@@ -44,6 +44,18 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def read_own_joblib(path: Path, hint: str):
+    """Unpickle a file this project wrote under models/ (never a user-supplied path); ``hint`` says how to rebuild."""
+    import joblib
+
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {hint}")
+    try:
+        return joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a person
+        raise StackError(f"{path}: unreadable ({type(e).__name__}); delete it and {hint}") from None
+
+
 def write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
 

@@ -14,7 +14,6 @@ import joblib
 import numpy as np
 
 from stack import paths
-from stack.errors import StackError
 
 
 def heads_file(name: str) -> Path:
@@ -29,13 +28,9 @@ def save_heads(name: str, heads: list, meta: dict) -> Path:
 
 
 def load_heads(name: str) -> tuple[list, dict]:
-    path = heads_file(name)
-    if not path.is_file():
-        raise StackError(f"{path}: no saved heads for model {name!r}; run `stack embed {name}` (or `dvc repro`)")
-    try:
-        saved = joblib.load(path)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a person
-        raise StackError(f"{path}: unreadable ({type(e).__name__}); delete it and run `stack embed {name}`") from None
+    from stack.cache import read_own_joblib
+
+    saved = read_own_joblib(heads_file(name), f"run `stack embed {name}` (or `dvc repro`)")
     return saved["heads"], saved["meta"]
 
 

@@ -29,35 +29,36 @@ def minilm_dir() -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer, saved with save_pretrained."""
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=512)
+
+
+def save_tiny(out: Path, model_class, config) -> Path:
+    """Random weights (seed 0) + the MiniLM tokenizer, saved with save_pretrained into ``out``."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_bert")
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=512)
-    BertModel(cfg).save_pretrained(out)
+    model_class(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    return save_tiny(tmp_path_factory.mktemp("tiny_bert"), BertModel, BertConfig(**TINY))
 
 
 @pytest.fixture(scope="session")
 def tiny_deberta_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide DeBERTa-v2 (relative attention) with random weights and the MiniLM tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
+    from transformers import DebertaV2Config, DebertaV2Model
 
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_deberta")
-    cfg = DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=512, relative_attention=True,
-                          position_buckets=64, pos_att_type=["p2c", "c2p"])
-    DebertaV2Model(cfg).save_pretrained(out)
-    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(out)
-    return out
+    config = DebertaV2Config(**TINY, relative_attention=True, position_buckets=64, pos_att_type=["p2c", "c2p"])
+    return save_tiny(tmp_path_factory.mktemp("tiny_deberta"), DebertaV2Model, config)
 
 
 def small_data(dest: Path, n_train: int = 40) -> None:

@@ -59,3 +59,13 @@ def test_predict_refuses_a_model_changed_since_the_blend(fitted):
 def test_predict_names_a_model_the_blend_does_not_use(fitted):
     result = runner.invoke(app, ["predict", "--input", "data/fb3/test.csv", "--models", "minilm,features,tfidf,base"])
     assert result.exit_code == 2 and "not on 'base'" in result.output
+
+
+def test_predict_without_a_saved_blend_or_with_a_broken_one(fitted):
+    blender = fitted / "models" / "blend" / "blender.joblib"
+    blender.write_bytes(blender.read_bytes()[:100])
+    broken = runner.invoke(app, ["predict", "--input", "data/fb3/test.csv"])
+    assert broken.exit_code == 2 and "blender.joblib: unreadable" in broken.output and "run `stack blend`" in broken.output
+    blender.unlink()
+    missing = runner.invoke(app, ["predict", "--input", "data/fb3/test.csv"])
+    assert missing.exit_code == 2 and "blender.joblib: not found; run `stack blend`" in missing.output

@@ -75,13 +75,10 @@ def check_blend(fitted: FittedBlend, expect: dict, where: str = "") -> None:
 
 def load_blend(path: Path | None = None, expect: dict | None = None) -> FittedBlend:
     """Read a saved blend; with ``expect`` (see ``check_blend``) refuse one fitted on other caches."""
+    from stack.cache import read_own_joblib
+
     path = Path(path or blend_file())
-    if not path.is_file():
-        raise StackError(f"{path}: no saved blend; run `stack blend` first")
-    try:
-        fitted = joblib.load(path)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a person
-        raise StackError(f"{path}: unreadable ({type(e).__name__}); delete it and rerun `stack blend`") from None
+    fitted = read_own_joblib(path, "run `stack blend`")
     if not isinstance(fitted, FittedBlend) or fitted.format != FORMAT:
         raise StackError(f"{path}: not a blend saved by this version of stack; rerun `stack blend`")
     check_blend(fitted, expect or {}, str(path))

@@ -2,7 +2,8 @@
 writes ``cache/<name>/``.
 
 A model config's ``kind`` picks the runner: ``backbone`` (frozen transformer, stack.embed), ``tfidf`` (word + char
-n-grams, stack.textfeatures.tfidf) or ``features`` (handcrafted statistics, stack.textfeatures.stats). All of them
+n-grams, stack.textfeatures.tfidf), ``features`` (handcrafted statistics, stack.textfeatures.stats) or ``grammar``
+(error rates from an ONNX grammar-error tagger, stack.textfeatures.grammar). All of them
 cross-fit a ridge head on the fixed folds and write the same cache schema, so ``stack embed <name>`` and DVC's
 ``embed@<name>`` cover them all.
 
@@ -31,6 +32,7 @@ KINDS = {
     "backbone": "stack.embed:run_backbone",
     "tfidf": "stack.textfeatures.tfidf:run_tfidf",
     "features": "stack.textfeatures.stats:run_features",
+    "grammar": "stack.textfeatures.grammar:run_grammar",
 }
 
 

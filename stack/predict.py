@@ -28,7 +28,7 @@ def _frame(ids, preds: np.ndarray, emb: np.ndarray | None) -> pd.DataFrame:
 
 
 def _frozen(name: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(predictions, embeddings or None, cache meta) of a frozen member (backbone, tfidf or features)."""
+    """(predictions, embeddings or None, cache meta) of a frozen member (backbone, tfidf, features or grammar)."""
     from stack.config import ModelConfig, build
     from stack.heads import load_heads, predict_heads
 
@@ -49,6 +49,11 @@ def _frozen(name: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None,
         from stack.textfeatures.stats import FeaturesConfig, text_stats
 
         X = text_stats(texts, build(FeaturesConfig, saved, where).wordlist)
+        return predict_heads(heads, X), X, meta
+    if kind == "grammar":
+        from stack.textfeatures.grammar import GrammarConfig, grammar_features
+
+        X = grammar_features(texts, build(GrammarConfig, saved, where))
         return predict_heads(heads, X), X, meta
     raise StackError(f"{where}: unknown member kind {kind!r}; run `stack embed {name}` again")
 

@@ -67,7 +67,7 @@ def test_unknown_model_and_kind_list_the_valid_ones(project):
         model_kind("odd")
     with pytest.raises(StackError, match="valid: backbone"):
         get_runner("bag")
-    assert set(KINDS) == {"backbone", "tfidf", "features"}
+    assert set(KINDS) == {"backbone", "tfidf", "features", "grammar"}
 
 
 def test_config_rejects_unknown_keys(project):

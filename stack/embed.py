@@ -66,10 +66,6 @@ def chunks_from_ids(encoded: list[list[int]], tokenizer, max_len: int, stride: i
     return chunks
 
 
-def make_chunks(texts: list[str], tokenizer, max_len: int, stride: int, truncate: bool) -> list[Chunk]:
-    return chunks_from_ids(encode(texts, tokenizer), tokenizer, max_len, stride, truncate)
-
-
 def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
     order = sorted(range(len(chunks)), key=lambda j: -len(chunks[j].ids))
     for s in range(0, len(order), batch_size):
@@ -86,12 +82,18 @@ def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
         yield idx, ids, attn, pool
 
 
+CHECK_ESSAYS, CHECK_LEN = 8, 128  # the bf16-vs-fp32 check: the first CHECK_LEN tokens of CHECK_ESSAYS essays
+
+
 def bf16_supported() -> bool:
     return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
 def choose_dtype(model, sample, cfg, threshold: float = 0.999):
-    """The model to run: a bf16 copy if allowed, supported and cosine > threshold vs fp32 on ``sample``."""
+    """The model to run: a bf16 copy if allowed, supported and cosine > threshold vs fp32 on ``sample``.
+
+    ``sample`` is short (the first ``CHECK_LEN`` tokens of a few essays): pooling averages rounding error away,
+    so a short sample is the stricter test, and its fp32 pass costs a fraction of a second, not seconds."""
     if cfg.dtype == "fp32" or (cfg.dtype == "auto" and not bf16_supported()):
         return model, "fp32"
     if cfg.dtype not in ("auto", "bf16"):
@@ -142,19 +144,20 @@ def set_threads(threads: int = 0) -> int:
     return n
 
 
-def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None, open_store=None, ids=None) -> tuple[np.ndarray, str]:
+def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None, open_store=None, ids=None,
+                encoded: list[list[int]] | None = None) -> tuple[np.ndarray, str]:
     """Essay embeddings ``(n, dim)`` float32 and the dtype used.
 
     Essays are length-sorted (longest first) and embedded ``cfg.shard_size`` at a time. With ``open_store``
     (dtype -> stack.shards.ShardStore, so the dtype is part of its key) finished shards are reused and new ones
-    written; ``ids`` (n,) name the essays inside shards (default: their positions).
+    written; ``ids`` (n,) name the essays inside shards (default: their positions); ``encoded`` is
+    ``encode(texts, tokenizer)`` when the caller already has it.
     """
     set_threads(cfg.threads)
     model.eval()
-    encoded = encode(texts, tokenizer)
+    encoded = encode(texts, tokenizer) if encoded is None else encoded
     ids = [str(i) for i in range(len(texts))] if ids is None else list(ids)
-    sample_rows = list(range(min(8, len(texts))))
-    sample = chunks_from_ids([encoded[i] for i in sample_rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+    sample = chunks_from_ids(encoded[:CHECK_ESSAYS], tokenizer, min(cfg.max_len, CHECK_LEN), 0, True)
     run_model, dtype = choose_dtype(model, sample, cfg)
     store = open_store(dtype) if open_store is not None else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -210,14 +213,16 @@ def run_backbone(name: str, params, overrides: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     texts = ctx.train["full_text"].tolist() + ctx.test["full_text"].tolist()
     ids = ctx.train[ID].tolist() + ctx.test[ID].tolist()
-    n_chunks = len(make_chunks(texts, tokenizer, cfg.max_len, cfg.stride, cfg.truncate))
+    encoded = encode(texts, tokenizer)
+    n_chunks = len(chunks_from_ids(encoded, tokenizer, cfg.max_len, cfg.stride, cfg.truncate))
     key = sha256_json([cfg.fingerprint(), ctx.data_fp, ids])
 
     def open_store(dtype):  # a resumed run re-checks bf16 and reuses only shards of the same dtype
         return ShardStore(name, f"{key}-{dtype}")
 
     with tqdm(total=n_chunks, desc=f"embed {name}", unit="chunk", mininterval=2) as bar:
-        emb, dtype = embed_texts(texts, tokenizer, model, cfg, progress=bar.update, open_store=open_store, ids=ids)
+        emb, dtype = embed_texts(texts, tokenizer, model, cfg, progress=bar.update, open_store=open_store, ids=ids,
+                                 encoded=encoded)
     seconds = time.perf_counter() - t0
     n = len(ctx.train)
     result = fit_and_write(name, "backbone", cfg, ctx, ridge_head(cfg.head_alphas), emb[:n], emb[n:], emb[:n], emb[n:],

@@ -1,90 +1,142 @@
-"""Throughput of frozen stage one: ``stack embed``'s path vs the plain loop of the seed notebooks, in one run.
+"""Throughput of frozen stage one: ``stack embed``'s path vs the plain loop of the seed notebooks, side by side.
 
-On the same essays (the first ``--n`` of train.csv), times
+On the same essays (the first ``--n`` of train.csv) it times
   * plain: every essay padded/truncated to 512 tokens, file order, fp32, batch 8, mean of the last layer;
-  * stack: ``stack.embed.embed_texts`` with the model's config (whole essays in overlapping chunks,
-    length-sorted, dynamic padding, inference_mode, bf16 when the CPU supports it and it matches fp32),
-and the machine's bf16/fp32 matmul peak measured in the same run, so each path's achieved GFLOP/s can be put
-against the peak of the dtype it ran in. ``--all`` also embeds every essay (train + test) with the stack path
-and reports the peak resident memory (the figure README quotes for MPNet).
+  * stack: ``stack.embed.embed_texts`` with the model's config (whole essays in overlapping chunks, length-sorted,
+    dynamic padding, inference_mode, bf16 when the CPU supports it and it matches fp32, packed weights, the CPU
+    attention, glibc's heap kept) -- tokenisation and the bf16 check included;
+  * stack on the plain loop's text (``truncate: true, max_len: 512``) and, with ``--ablate``, stack without one
+    optimisation at a time, to show what each buys;
+  * the ceiling: stack's own matmuls and attention alone (same kernels, same batch shapes, random tensors);
+and the machine's matmul peak per dtype (the best of PyTorch's default GEMM and oneDNN's packed one, 2048^3).
+Every path runs in a fresh process (nothing one path sets can help another) and the paths take turns for
+``--rounds`` rounds, so a slower minute of a shared machine hits all of them; the speed-up is the median of the
+per-round ratios. ``--all`` also embeds every essay (train + test) with the stack path and reports its peak
+resident memory (README's figure for MPNet).
 
-    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py                   # MiniLM, 256 essays
-    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py --model mpnet --n 64
-    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py --model mpnet --all --skip-plain
+    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py                          # MiniLM, 256 essays
+    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py --ablate
+    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py --model mpnet --n 64 --rounds 1
+    nice -n 10 .venv/bin/python benchmarks/embed_throughput.py --model mpnet --all --rounds 0
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import resource
+import statistics
+import subprocess
+import sys
 import time
 
-import numpy as np
-import pandas as pd
-import torch
+PATHS = {
+    "plain": "plain loop (pad to 512, file order, batch 8, last layer)",
+    "stack": "`stack embed` (whole essays)",
+    "truncated": "`stack embed`, `truncate: true, max_len: 512` (the plain loop's text)",
+    "no-pack": "`stack embed` without packed weights",
+    "no-attention": "`stack embed` without the CPU attention (sdpa)",
+    "no-heap": "`stack embed` without heap reuse",
+    "fp32": "`stack embed` in fp32",
+    "chunks-256": "`stack embed` with 256-token chunks, stride 32 (the previous default)",
+    "ceiling": "ceiling: `stack embed`'s matmuls + attention alone",
+}
+ABLATIONS = ["no-pack", "no-attention", "no-heap", "fp32", "chunks-256"]
 
-from stack.backbones.loading import load_backbone
-from stack.config import load_model_config
-from stack.embed import chunks_from_ids, embed_texts, encode, set_threads
 
+def gemm_peak(dtype, n: int = 2048, seconds: float = 1.5) -> float:
+    """Best GFLOP/s of an ``(n, n) @ (n, n)`` in ``dtype``: PyTorch's default GEMM or oneDNN's packed one."""
+    import torch
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:
-    """Measured GFLOP/s of ``(n, n) @ (n, n)`` in ``dtype`` (best of repeated timings)."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    from stack.backbones.packed import PackedLinear, packable
+
+    a, w = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    kernels = [lambda: torch.nn.functional.linear(a, w)]
+    if packable(dtype):
+        lin = torch.nn.Linear(n, n, bias=False).to(dtype)
+        lin.weight.data.copy_(w)
+        packed = PackedLinear(lin, n)
+        kernels.append(lambda: packed(a))
+    best = 0.0
+    with torch.inference_mode():
+        for kernel in kernels:
+            kernel()
+            end = time.perf_counter() + seconds / len(kernels)
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                kernel()
+                best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
-def forward_flops(model, batch: int, width: int) -> float:
-    """Approximate forward FLOPs of one ``(batch, width)`` batch: 2 x non-embedding params per token + attention."""
-    cfg = model.config
-    params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
-    attention = 4 * cfg.num_hidden_layers * width * cfg.hidden_size  # QK^T and AV, per token
-    return batch * width * (2 * params + attention)
+def forward_flops(config, rows: int, width: int) -> float:
+    """Forward FLOPs of one padded ``(rows, width)`` batch: the encoder's matmuls + attention (no embeddings)."""
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = layers * (2 * (4 * d * d + 2 * d * f) + 4 * width * d)
+    return rows * width * per_token
 
 
 def stack_batches(texts, tokenizer, cfg) -> list[list[int]]:
-    """Chunk lengths of every batch ``stack embed`` runs on ``texts`` (longest first, so ``[0]`` is the padded
-    width): the same shards and length-sorted batches as ``embed_texts``."""
+    """Chunk lengths of every batch ``stack embed`` runs on ``texts`` (longest first: ``[0]`` is the padded
+    width), the same shards and length-sorted batches as ``embed_texts``."""
+    from stack.embed import chunks_from_ids, encode
+
     encoded = encode(texts, tokenizer)
     order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
     batches = []
     for s in range(0, len(order), cfg.shard_size):
-        chunks = chunks_from_ids([encoded[i] for i in order[s : s + cfg.shard_size]], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+        rows = [encoded[i] for i in order[s : s + cfg.shard_size]]
+        chunks = chunks_from_ids(rows, tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
         lengths = sorted((len(c.ids) for c in chunks), reverse=True)
         batches += [lengths[b : b + cfg.batch_size] for b in range(0, len(lengths), cfg.batch_size)]
     return batches
 
 
-def compute_floor(model, batches, dtype: torch.dtype) -> float:
-    """Seconds the encoder's matmuls and attention alone take on ``batches`` (see stack_batches) in ``dtype``.
+def plain_loop(texts, tokenizer, model, batch: int = 8, max_len: int = 512):
+    """The seed notebooks' loop -> (embeddings (n, d), batches as lists of padded lengths)."""
+    import numpy as np
+    import torch
 
-    Per layer: the q, k, v, output, up and down projections as ``F.linear`` on random tensors of the real shapes
-    and ``scaled_dot_product_attention`` with the real heads: no embeddings, LayerNorm, GELU, residuals, masks or
-    pooling. With this PyTorch build's kernels no implementation of the same FLOPs beats it, so
-    ``len(texts) / compute_floor`` is the ceiling of essays/s, against which the 4x target can be checked."""
-    cfg = model.config
-    d, f, heads, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_hidden_layers
-    w = {k: torch.randn(n, m).to(dtype) for k, (n, m) in {"qkvo": (d, d), "up": (f, d), "down": (d, f)}.items()}
+    out, batches = [], []
+    with torch.no_grad():
+        for s in range(0, len(texts), batch):
+            enc = tokenizer(texts[s : s + batch], padding="max_length", truncation=True, max_length=max_len,
+                            return_tensors="pt")
+            h = model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).float()
+            out.append(((h * m).sum(1) / m.sum(1)).numpy())
+            batches.append([max_len] * len(enc["input_ids"]))
+    return np.concatenate(out), batches
+
+
+def ceiling(model, batches, dtype) -> float:
+    """Seconds that only the encoder's matmuls (packed, as stack runs them) and attention (stack's) take on
+    ``batches``, on random tensors: no embeddings, LayerNorm, GELU, residuals, masks or pooling."""
+    import torch
+
+    from stack.backbones.attention import cpu_attention
+    from stack.backbones.packed import PackedLinear, packable
+
+    c = model.config
+    d, f, heads, layers = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers
+
+    def linear(n_in, n_out):
+        lin = torch.nn.Linear(n_in, n_out).to(dtype)
+        return PackedLinear(lin, 2048) if packable(dtype) else lin
+
+    qkvo, up, down = linear(d, d), linear(d, f), linear(f, d)
+    module = torch.nn.Module().eval()
     total = 0.0
     with torch.inference_mode():
         for lengths in batches:
             rows, width = len(lengths), lengths[0]
-            x, h = torch.randn(rows * width, d).to(dtype), torch.randn(rows * width, f).to(dtype)
-            q = torch.randn(rows, heads, width, d // heads).to(dtype)
-            ops = [lambda: torch.nn.functional.linear(x, w["qkvo"])] * 4 + [
-                lambda: torch.nn.functional.linear(x, w["up"]), lambda: torch.nn.functional.linear(h, w["down"]),
-                lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q)]
+            x, h = torch.randn(rows, width, d).to(dtype), torch.randn(rows, width, f).to(dtype)
+            q = torch.randn(rows, width, heads, d // heads).to(dtype).transpose(1, 2)
+            ops = [lambda: qkvo(x)] * 4 + [lambda: up(x), lambda: down(h), lambda: cpu_attention(module, q, q, q, None)]
             for op in ops:
-                op()  # warm the kernel for this shape
+                op()  # warm this shape
             t = time.perf_counter()
             for op in ops:
                 op()
@@ -92,76 +144,118 @@ def compute_floor(model, batches, dtype: torch.dtype) -> float:
     return total
 
 
-def plain_loop(texts, tokenizer, model, batch: int = 8, max_len: int = 512):
-    """The seed notebooks' loop -> (embeddings (n, d), seconds, FLOPs)."""
-    out, flops = [], 0.0
-    t = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, len(texts), batch):
-            enc = tokenizer(texts[s : s + batch], padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(((h * m).sum(1) / m.sum(1)).numpy())
-            flops += forward_flops(model, *enc["input_ids"].shape)
-    return np.concatenate(out), time.perf_counter() - t, flops
+@contextlib.contextmanager
+def without(path: str):
+    """Switch one optimisation of the stack path off (for --ablate)."""
+    from stack import embed
+
+    saved = {k: getattr(embed, k) for k in ("pack_linears", "use_cpu_attention", "heap_reuse")}
+    if path == "no-pack":
+        embed.pack_linears = lambda model, rows: 0
+    elif path == "no-attention":
+        embed.use_cpu_attention = lambda model: False
+    elif path == "no-heap":
+        embed.heap_reuse = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(embed, k, v)
 
 
-def stack_path(texts, tokenizer, model, cfg):
-    """``stack embed``'s path -> (embeddings, dtype, seconds, FLOPs of its padded batches, chunks, tokens, batches)."""
-    t = time.perf_counter()
-    emb, dtype = embed_texts(texts, tokenizer, model, cfg)
-    seconds = time.perf_counter() - t
-    batches = stack_batches(texts, tokenizer, cfg)
-    flops = sum(forward_flops(model, len(lengths), lengths[0]) for lengths in batches)
-    return emb, dtype, seconds, flops, sum(map(len, batches)), sum(map(sum, batches)), batches
+def worker(path: str, model_name: str, n: int) -> dict:
+    """Run one path in this (fresh) process -> its timing as a dict."""
+    import pandas as pd
+    import torch
+
+    from stack.backbones.loading import load_backbone
+    from stack.config import load_model_config
+    from stack.embed import embed_texts
+    from stack.runtime import set_threads
+
+    threads = set_threads(0)
+    cfg = load_model_config(model_name)
+    tokenizer, model = load_backbone(cfg)
+    model.eval()
+    texts = pd.read_csv("data/fb3/train.csv")["full_text"].iloc[:n].tolist()
+    if path == "peak":
+        return {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16), "threads": threads}
+    if path == "all":
+        test = pd.read_csv("data/fb3/test.csv")["full_text"].tolist()
+        every = pd.read_csv("data/fb3/train.csv")["full_text"].tolist() + test
+        t = time.perf_counter()
+        _, dtype = embed_texts(every, tokenizer, model, cfg)
+        return {"seconds": time.perf_counter() - t, "essays": len(every), "dtype": dtype,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if path == "plain":
+        plain_loop(texts[:16], tokenizer, model)  # warm-up
+        t = time.perf_counter()
+        _, batches = plain_loop(texts, tokenizer, model)
+        seconds, dtype = time.perf_counter() - t, "fp32"
+    else:
+        run_cfg = {"truncated": dataclasses.replace(cfg, truncate=True, max_len=512),
+                   "fp32": dataclasses.replace(cfg, dtype="fp32"),
+                   "chunks-256": dataclasses.replace(cfg, max_len=256, stride=32)}.get(path, cfg)
+        with without(path):
+            _, dtype = embed_texts(texts[:16], tokenizer, model, run_cfg)  # warm-up
+            if path != "ceiling":
+                t = time.perf_counter()
+                _, dtype = embed_texts(texts, tokenizer, model, run_cfg)
+                seconds = time.perf_counter() - t
+        batches = stack_batches(texts, tokenizer, run_cfg)
+        if path == "ceiling":
+            seconds = ceiling(model, batches, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
+    flops = sum(forward_flops(model.config, len(b), b[0]) for b in batches)
+    return {"seconds": seconds, "dtype": dtype, "flops": flops, "chunks": sum(map(len, batches)),
+            "tokens": sum(map(sum, batches))}
+
+
+def run_worker(path: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", path, "--model", args.model, "--n", str(args.n)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"worker {path} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--n", type=int, default=256, help="essays (the first n of train.csv)")
-    ap.add_argument("--skip-plain", action="store_true", help="only the stack path")
-    ap.add_argument("--all", action="store_true", help="also embed every essay with the stack path; report peak RSS")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds in which every path runs once (0: none)")
+    ap.add_argument("--ablate", action="store_true", help="also time stack without each optimisation")
+    ap.add_argument("--all", action="store_true", help="also embed every essay with the stack path; peak RSS")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, args.n)))
+        return
 
-    threads = set_threads(0)
-    cfg = load_model_config(args.model)
-    tokenizer, model = load_backbone(cfg)
-    model.eval()
-    train = pd.read_csv("data/fb3/train.csv")
-    texts = train["full_text"].iloc[: args.n].tolist()
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"model {args.model}, {len(texts)} essays, {threads} threads; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16']:.0f} GFLOP/s")
-
-    rows = []
-    emb, dtype, sec, flops, n_chunks, n_tokens, batches = stack_path(texts, tokenizer, model, cfg)
-    rows.append(("stack embed", dtype, sec, flops, f"whole essays: {n_chunks} chunks, {n_tokens} tokens"))
-    # the same text the plain loop sees (its first 512 tokens): what batching + dtype alone buy
-    same = dataclasses.replace(cfg, truncate=True, max_len=512)
-    _, tdtype, tsec, tflops, _, t_tokens, _ = stack_path(texts, tokenizer, model, same)
-    rows.append(("stack embed, truncate: true, max_len: 512", tdtype, tsec, tflops, f"first 512 tokens: {t_tokens} tokens"))
-    if not args.skip_plain:
-        ref, psec, pflops = plain_loop(texts, tokenizer, model)
-        rows.append(("plain loop", "fp32", psec, pflops, f"first 512 tokens, padded to 512: {len(texts) * 512} tokens"))
-    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    floor = compute_floor(model, batches, dt)
-    rows.append(("ceiling: matmuls + attention only, same batches", dtype, floor, flops, "no other op, nothing else"))
-    print("\n| path | dtype | essays/s | GFLOP/s | % of matmul peak | tokens |\n|---|---|---|---|---|---|")
-    for name, dt, s, f, note in rows:
-        print(f"| {name} | {dt} | {len(texts) / s:.2f} | {f / s / 1e9:.0f} | {100 * f / s / 1e9 / peak[dt]:.0f}% | {note} |")
-    if not args.skip_plain:
-        print(f"\nspeed-up over the plain loop (essays/s, same {len(texts)} essays): whole essays {psec / sec:.2f}x, "
-              f"truncated like the plain loop {psec / tsec:.2f}x; ceiling of whole essays (matmuls + attention alone) "
-              f"{psec / floor:.2f}x")
-
+    peak = run_worker("peak", args)
+    print(f"model {args.model}, first {args.n} essays, {peak['threads']} threads, {args.rounds} rounds; "
+          f"GEMM peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    paths = ["plain", "stack", "truncated", *(ABLATIONS if args.ablate else []), "ceiling"]
+    runs: dict[str, list[dict]] = {p: [] for p in paths}
+    for r in range(args.rounds):
+        for p in paths:
+            runs[p].append(run_worker(p, args))
+        print(f"round {r + 1}: " + ", ".join(f"{p} {runs[p][-1]['seconds']:.2f}s" for p in paths), flush=True)
+    if args.rounds:
+        print("\n| path | dtype | essays/s | speed-up over the plain loop | GFLOP/s | % of its dtype's GEMM peak | tokens |")
+        print("|---|---|---|---|---|---|---|")
+        for p in paths:
+            last = runs[p][-1]
+            secs = statistics.median(x["seconds"] for x in runs[p])
+            ratios = [pl["seconds"] / x["seconds"] for pl, x in zip(runs["plain"], runs[p])]
+            spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+            gflops = last["flops"] / secs / 1e9
+            print(f"| {PATHS[p]} | {last['dtype']} | {args.n / secs:.2f} | {statistics.median(ratios):.2f}x{spread} | "
+                  f"{gflops:.0f} | {100 * gflops / peak[last['dtype']]:.0f}% | {last['tokens']:,} |")
+        print("\nessays/s: median over rounds; speed-up: median (min-max) of the per-round ratios; GFLOP/s: the "
+              "encoder's matmul + attention FLOPs of the padded batches")
     if args.all:
-        test = pd.read_csv("data/fb3/test.csv")
-        every = train["full_text"].tolist() + test["full_text"].tolist()
-        t = time.perf_counter()
-        embed_texts(every, tokenizer, model, cfg)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"\nall {len(every)} essays: {time.perf_counter() - t:.0f}s, peak RSS {rss:.0f} MiB")
+        got = run_worker("all", args)
+        print(f"\nall {got['essays']} essays ({got['dtype']}): {got['seconds']:.0f} s, peak RSS {got['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

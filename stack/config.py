@@ -92,8 +92,9 @@ class ModelConfig:
     layer_mode: str = "concat"  # concat: layers side by side | mean: average them | weighted: layer_weights
     layer_weights: tuple[float, ...] = ()  # layer_mode weighted: one fixed weight per entry of layers
     batch_size: int = 32
-    dtype: str = "auto"  # auto | bf16 | fp32
-    threads: int = 0  # intra-op threads; 0 = every core this process may use
+    dtype: str = "auto"  # auto (bf16 / fp16 if it matches fp32 on a sample) | bf16 | fp16 (CUDA) | fp32
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda | cuda:<k>
+    threads: int = 0  # intra-op threads on the CPU; 0 = every core this process may use
     shard_size: int = 512  # essays per streamed shard (memory bound, resume granularity)
     head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 

@@ -3,7 +3,9 @@
 Long essays are split into overlapping chunks of ``max_len`` tokens (``stride`` tokens shared); each token
 is pooled once, so an essay's vector is the pooling of all its tokens. Essays are length-sorted into shards of
 ``shard_size``; each shard's chunks are length-sorted and padded per batch, run under ``inference_mode`` in bf16
-where the CPU supports it and it matches fp32 on a sample (cosine > 0.999), and written as the shard finishes
+where the CPU supports it and it matches fp32 on a sample (cosine > 0.999), with weights packed for oneDNN
+(stack.backbones.packed), the CPU attention of stack.backbones.attention and glibc's heap kept for reuse
+(stack.runtime), and written as the shard finishes
 (stack.shards): memory stays bounded and an interrupted run resumes from the last finished shard.
 
     stack embed minilm                    # cache/minilm/{train,test}.parquet
@@ -14,14 +16,16 @@ where the CPU supports it and it matches fp32 on a sample (cosine > 0.999), and 
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from stack.backbones.attention import use_cpu_attention
+from stack.backbones.packed import pack_linears
 from stack.backbones.pooling import get_pooling, mix_layers
 from stack.errors import StackError
+from stack.runtime import heap_reuse, set_threads
 
 
 @dataclass
@@ -82,44 +86,92 @@ def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
         yield idx, ids, attn, pool
 
 
-CHECK_ESSAYS, CHECK_LEN = 8, 128  # the bf16-vs-fp32 check: the first CHECK_LEN tokens of CHECK_ESSAYS essays
+CHECK_ESSAYS, CHECK_LEN = 4, 128  # the bf16-vs-fp32 check: the first CHECK_LEN tokens of CHECK_ESSAYS essays
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def bf16_supported() -> bool:
     return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
-def choose_dtype(model, sample, cfg, threshold: float = 0.999):
-    """The model to run: a bf16 copy if allowed, supported and cosine > threshold vs fp32 on ``sample``.
+def embed_device(cfg) -> torch.device:
+    """``cfg.device``: ``auto`` (the first CUDA device when there is one, else the CPU), ``cpu``, ``cuda[:k]``."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda")
+    if not cfg.device.startswith("cuda"):
+        raise StackError(f"configs/models/{cfg.name}.yaml: device {cfg.device!r} is not one of auto, cpu, cuda, cuda:<k>")
+    if not torch.cuda.is_available():
+        raise StackError(f"configs/models/{cfg.name}.yaml: device {cfg.device!r} but no CUDA device is visible; "
+                         "set `device: auto` (or cpu)")
+    return torch.device(cfg.device)
+
+
+def fast_dtype(device: torch.device) -> str | None:
+    """The half-precision dtype worth trying on ``device``: bf16 on CPUs with native bf16 (oneDNN) and on CUDA
+    devices that support it, fp16 on older CUDA devices, none otherwise."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if bf16_supported() else None
+
+
+def inference_model(model, dtype: torch.dtype, rows: int, device: torch.device = torch.device("cpu")):
+    """A copy of ``model`` to embed with, in ``dtype`` on ``device``. On the CPU its linear weights are packed
+    once for oneDNN (stack.backbones.packed) and, in bf16, it runs stack.backbones.attention's attention where the
+    architecture allows. ``rows``: tokens per batch, a layout hint. ``model`` itself is not changed."""
+    fast = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    if device.type == "cpu":
+        if dtype == torch.bfloat16:
+            use_cpu_attention(fast)
+        pack_linears(fast, rows)
+    return fast
+
+
+def check_dtype(cfg, device: torch.device) -> None:
+    if cfg.dtype not in ("auto", *DTYPES):
+        raise StackError(f"configs/models/{cfg.name}.yaml: dtype {cfg.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    if cfg.dtype == "fp16" and device.type == "cpu":
+        raise StackError(f"configs/models/{cfg.name}.yaml: dtype fp16 needs a CUDA device; use bf16 or auto on the CPU")
+
+
+def choose_dtype(model, sample, cfg, device: torch.device = torch.device("cpu"), threshold: float = 0.999):
+    """The model to run (see inference_model) -> (model, dtype name). ``dtype: auto`` takes the device's
+    fast_dtype if its embeddings match the unmodified fp32 model (on the CPU) with cosine > ``threshold`` on
+    ``sample``, else fp32; ``bf16``/``fp16``/``fp32`` are taken as given.
 
     ``sample`` is short (the first ``CHECK_LEN`` tokens of a few essays): pooling averages rounding error away,
-    so a short sample is the stricter test, and its fp32 pass costs a fraction of a second, not seconds."""
-    if cfg.dtype == "fp32" or (cfg.dtype == "auto" and not bf16_supported()):
-        return model, "fp32"
-    if cfg.dtype not in ("auto", "bf16"):
-        raise StackError(f"configs/models/{cfg.name}.yaml: dtype {cfg.dtype!r} is not one of auto, bf16, fp32")
-    fast = copy.deepcopy(model).to(torch.bfloat16)
-    if cfg.dtype == "bf16":
-        return fast, "bf16"
-    ref, got = _embed_chunks(model, sample, cfg), _embed_chunks(fast, sample, cfg)
+    so a short sample is the stricter test, and its fp32 pass costs a fraction of a second."""
+    check_dtype(cfg, device)
+    rows = cfg.batch_size * cfg.max_len
+    want = fast_dtype(device) if cfg.dtype == "auto" else cfg.dtype
+    if want in (None, "fp32"):
+        return inference_model(model, torch.float32, rows, device), "fp32"
+    fast = inference_model(model, DTYPES[want], rows, device)
+    if cfg.dtype != "auto":
+        return fast, want
+    ref, got = _embed_chunks(model, sample, cfg), _embed_chunks(fast, sample, cfg, device=device)
     cos = torch.nn.functional.cosine_similarity(torch.from_numpy(ref), torch.from_numpy(got), dim=1).min().item()
-    return (fast, "bf16") if cos > threshold else (model, "fp32")
+    return (fast, want) if cos > threshold else (inference_model(model, torch.float32, rows, device), "fp32")
 
 
-def _embed_chunks(model, chunks: list[Chunk], cfg, pad_id: int = 0, progress=None) -> np.ndarray:
-    """Pool every essay over all of its chunks -> float32 ``(n_essays, dim)``."""
+def _embed_chunks(model, chunks: list[Chunk], cfg, pad_id: int = 0, progress=None,
+                  device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """Pool every essay over all of its chunks (``model`` on ``device``) -> float32 ``(n_essays, dim)``."""
     poolings = [get_pooling(p) for p in cfg.pooling]
     n_essays = max(c.essay for c in chunks) + 1
     acc: list[tuple] = []  # per (state, pooling): (stat (n, d), weight (n,))
     with torch.inference_mode():
         for idx, ids, attn, pool in _batches(chunks, cfg.batch_size, pad_id):
+            if device.type != "cpu":
+                ids, attn, pool = ids.to(device), attn.to(device), pool.to(device)
             out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True)
             states = mix_layers(out.hidden_states, cfg.layers, cfg.layer_mode, cfg.layer_weights)
             essays = torch.tensor([chunks[j].essay for j in idx])
             slot = 0
             for h in states:
                 for p in poolings:
-                    stat, weight = p.stat(h, pool)
+                    stat, weight = (t.cpu() for t in p.stat(h, pool))
                     if len(acc) <= slot:
                         init = {"sum": 0.0, "max": float("-inf"), "min": float("inf")}[p.combine]
                         acc.append((torch.full((n_essays, stat.shape[1]), init), torch.zeros(n_essays)))
@@ -137,13 +189,6 @@ def _embed_chunks(model, chunks: list[Chunk], cfg, pad_id: int = 0, progress=Non
     return torch.cat(parts, dim=1).numpy().astype(np.float32)
 
 
-def set_threads(threads: int = 0) -> int:
-    """Intra-op threads: ``threads`` or every core this process may use; -> the number set."""
-    n = threads or max(1, len(os.sched_getaffinity(0)))
-    torch.set_num_threads(n)
-    return n
-
-
 def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None, open_store=None, ids=None,
                 encoded: list[list[int]] | None = None) -> tuple[np.ndarray, str]:
     """Essay embeddings ``(n, dim)`` float32 and the dtype used.
@@ -158,25 +203,27 @@ def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None, open_sto
     encoded = encode(texts, tokenizer) if encoded is None else encoded
     ids = [str(i) for i in range(len(texts))] if ids is None else list(ids)
     sample = chunks_from_ids(encoded[:CHECK_ESSAYS], tokenizer, min(cfg.max_len, CHECK_LEN), 0, True)
-    run_model, dtype = choose_dtype(model, sample, cfg)
+    device = embed_device(cfg)
+    run_model, dtype = choose_dtype(model, sample, cfg, device)
     store = open_store(dtype) if open_store is not None else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
     size = max(1, cfg.shard_size)
     out = None
-    for k, start in enumerate(range(0, len(order), size)):
-        rows = order[start : start + size]
-        chunks = chunks_from_ids([encoded[i] for i in rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
-        got = store.load(k, [ids[i] for i in rows]) if store is not None else None
-        if got is None:
-            got = _embed_chunks(run_model, chunks, cfg, pad, progress)
-            if store is not None:
-                store.save(k, [ids[i] for i in rows], got)
-        elif progress is not None:
-            progress(len(chunks))
-        if out is None:
-            out = np.empty((len(texts), got.shape[1]), np.float32)
-        out[rows] = got
+    with heap_reuse():
+        for k, start in enumerate(range(0, len(order), size)):
+            rows = order[start : start + size]
+            chunks = chunks_from_ids([encoded[i] for i in rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+            got = store.load(k, [ids[i] for i in rows]) if store is not None else None
+            if got is None:
+                got = _embed_chunks(run_model, chunks, cfg, pad, progress, device)
+                if store is not None:
+                    store.save(k, [ids[i] for i in rows], got)
+            elif progress is not None:
+                progress(len(chunks))
+            if out is None:
+                out = np.empty((len(texts), got.shape[1]), np.float32)
+            out[rows] = got
     return out, dtype
 
 
@@ -208,6 +255,7 @@ def run_backbone(name: str, params, overrides: list[str] | None = None) -> dict:
             get_pooling(p)
         except ValueError as e:
             raise StackError(f"configs/models/{name}.yaml: {e}") from None
+    check_dtype(cfg, embed_device(cfg))  # before loading weights: a typo fails in a second
     ctx = load_context(params)
     tokenizer, model = load_backbone(cfg)
     t0 = time.perf_counter()

@@ -81,8 +81,36 @@ def test_choose_dtype_falls_back_to_fp32_when_bf16_drifts(monkeypatch):
     fast, dtype = choose_dtype(model, sample, _cfg(dtype="auto"), threshold=0.9)
     assert dtype == "bf16" and fast.emb.weight.dtype == torch.bfloat16
     assert choose_dtype(model, sample, _cfg(dtype="fp32"))[1] == "fp32"
-    with pytest.raises(StackError, match="not one of auto, bf16, fp32"):
+    with pytest.raises(StackError, match="not one of auto, bf16, fp16, fp32"):
+        choose_dtype(model, sample, _cfg(dtype="half"))
+    with pytest.raises(StackError, match="fp16 needs a CUDA device"):
         choose_dtype(model, sample, _cfg(dtype="fp16"))
+
+
+def test_embed_device_is_cuda_only_when_there_is_one(monkeypatch):
+    assert embed.embed_device(_cfg(device="cpu")).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert embed.embed_device(_cfg(device="auto")).type == "cpu"
+    with pytest.raises(StackError, match="no CUDA device is visible; set `device: auto`"):
+        embed.embed_device(_cfg(device="cuda:1"))
+    with pytest.raises(StackError, match="configs/models/t.yaml: device 'tpu' is not one of auto, cpu, cuda"):
+        embed.embed_device(_cfg(device="tpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert embed.embed_device(_cfg(device="auto")) == torch.device("cuda")
+
+
+@pytest.mark.gpu
+def test_embed_texts_on_cuda_matches_the_cpu(tiny_bert_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModel.from_pretrained(tiny_bert_dir)
+    texts = ["a short one.", "a much longer essay " * 30, "middle sized text here " * 5]
+    cpu, _ = embed_texts(texts, tok, model, _cfg(max_len=32, stride=8, device="cpu"))
+    gpu, dtype = embed_texts(texts, tok, model, _cfg(max_len=32, stride=8, device="cuda", dtype="auto"))
+    assert dtype in ("bf16", "fp16", "fp32") and next(model.parameters()).device.type == "cpu"  # model untouched
+    cos = torch.nn.functional.cosine_similarity(torch.from_numpy(cpu), torch.from_numpy(gpu), dim=1)
+    assert cos.min().item() > 0.999
 
 
 def test_embed_texts_shards_follow_length_order_and_give_the_same_result(tiny_bert_dir):

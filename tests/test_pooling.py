@@ -90,3 +90,21 @@ def test_mix_layers_concat_mean_weighted_and_all():
 def test_mix_layers_rejects_bad_settings(layers, mode, weights, match):
     with pytest.raises(StackError, match=match):
         mix_layers(STATES, layers, mode, weights)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bf16_states_pool_in_float32(name):
+    """A bf16 model's states are pooled without a float32 copy, with float32 sums and exact token counts (bf16
+    integers are exact only up to 256)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 301, 4).bfloat16()
+    mask = torch.ones(2, 301, dtype=torch.long)
+    mask[1, 291:] = 0
+    pool = get_pooling(name)
+    stat, weight = pool.stat(hidden, mask)
+    ref_stat, ref_weight = pool.stat(hidden.float(), mask)
+    assert stat.dtype == weight.dtype == torch.float32
+    torch.testing.assert_close(stat, ref_stat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight, ref_weight, rtol=0, atol=0)
+    if name in ("mean", "max", "min", "gem"):
+        assert weight.tolist() == [301.0, 291.0]

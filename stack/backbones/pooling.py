@@ -34,20 +34,22 @@ def get_pooling(name: str) -> Pooling:
 
 
 def mix_layers(hidden_states, layers, mode: str = "concat", weights=None) -> list[torch.Tensor]:
-    """Hidden states (a sequence of ``(b, t, d)``, 0 = embeddings) -> the list of float32 ``(b, t, d)`` to pool.
+    """Hidden states (a sequence of ``(b, t, d)``, 0 = embeddings) -> the list of ``(b, t, d)`` to pool.
 
-    ``concat``: one per layer in ``layers``; ``mean``: their average; ``weighted``: ``sum(w_i h_i) / sum(w_i)``
+    ``concat``: one per layer in ``layers``, in the model's dtype (the poolings accumulate in float32, so bf16
+    states are never copied whole); ``mean``: their float32 average; ``weighted``: ``sum(w_i h_i) / sum(w_i)``
     with fixed ``weights`` (one per layer, frozen use of a weighted-layer pooling). Empty ``layers``: all of them.
     """
     layers = list(layers) or list(range(len(hidden_states)))
     if mode not in LAYER_MODES:
         raise StackError(f"unknown layer_mode {mode!r} (valid: {', '.join(LAYER_MODES)})")
     try:
-        chosen = [hidden_states[i].float() for i in layers]
+        chosen = [hidden_states[i] for i in layers]
     except IndexError:
         raise StackError(f"layers {list(layers)} out of range: this backbone has {len(hidden_states)} hidden states (0 = embeddings)") from None
     if mode == "concat":
         return chosen
+    chosen = [h.float() for h in chosen]
     if mode == "mean":
         return [torch.stack(chosen).mean(0)]
     w = torch.as_tensor(list(weights or ()), dtype=torch.float32)
@@ -57,7 +59,9 @@ def mix_layers(hidden_states, layers, mode: str = "concat", weights=None) -> lis
 
 
 class Pooling:
-    """``stat`` per chunk, combined across chunks by ``combine`` ('sum' | 'max' | 'min'), then ``finalize``."""
+    """``stat`` per chunk, combined across chunks by ``combine`` ('sum' | 'max' | 'min'), then ``finalize``.
+
+    ``stat`` takes states in any float dtype (bf16 from a bf16 model) and returns float32."""
 
     name = ""
     combine = "sum"
@@ -74,8 +78,9 @@ class Pooling:
 
 
 def _masked_sum(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(1), mask.sum(1).to(x.dtype)
+    """Float32 sums over the tokens where ``mask`` is 1 (multiplying by 0/1 is exact in any dtype; the sum
+    accumulates in float32) and the float32 token counts."""
+    return (x * mask.unsqueeze(-1).to(x.dtype)).sum(1, dtype=torch.float32), mask.sum(1).float()
 
 
 @register
@@ -98,7 +103,7 @@ class MaxPooling(Pooling):
 
     def stat(self, hidden, mask):
         filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-        return filled.max(1).values, mask.sum(1).to(hidden.dtype)
+        return filled.max(1).values.float(), mask.sum(1).float()
 
 
 @register
@@ -108,7 +113,7 @@ class MinPooling(Pooling):
 
     def stat(self, hidden, mask):
         filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("inf"))
-        return filled.min(1).values, mask.sum(1).to(hidden.dtype)
+        return filled.min(1).values.float(), mask.sum(1).float()
 
 
 @register
@@ -118,7 +123,7 @@ class ClsPooling(Pooling):
     name = "cls"
 
     def stat(self, hidden, mask):
-        return hidden[:, 0], torch.ones(hidden.shape[0], dtype=hidden.dtype, device=hidden.device)
+        return hidden[:, 0].float(), torch.ones(hidden.shape[0], device=hidden.device)
 
     def finalize(self, stat, weight):
         return stat / weight.clamp(min=1e-9).unsqueeze(-1)
@@ -132,7 +137,7 @@ class GeMPooling(Pooling):
     p, eps = 3.0, 1e-6
 
     def stat(self, hidden, mask):
-        return _masked_sum(hidden.clamp(min=self.eps).pow(self.p), mask)
+        return _masked_sum(hidden.float().clamp(min=self.eps).pow(self.p), mask)
 
     def finalize(self, stat, weight):
         return (stat / weight.clamp(min=1e-9).unsqueeze(-1)).pow(1.0 / self.p)

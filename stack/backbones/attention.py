@@ -1,0 +1,57 @@
+"""Attention for frozen bf16 inference on the CPU, plugged into transformers' attention interface.
+
+PyTorch's CPU flash-attention kernel works in small query blocks with one GEMM call per block and head, so on
+short chunks with narrow heads (MiniLM: 128 tokens, 32-dim heads) the calls cost more than the arithmetic. For
+sequences of at most ``SHORT`` tokens, three whole-batch calls are faster: ``(q * scale) @ k^T``, softmax,
+``@ v`` (measured in benchmarks/embed_throughput.py). Longer sequences, training, autograd and other devices go to
+transformers' own ``sdpa`` function, so the switch never changes what a model computes beyond bf16 rounding,
+which ``stack.embed.choose_dtype`` checks against fp32 before the model is used.
+
+    from stack.backbones.attention import use_cpu_attention
+    use_cpu_attention(model)         # -> True where the model takes pluggable attention (BERT, RoBERTa, ...)
+"""
+
+from __future__ import annotations
+
+import torch
+
+NAME = "stack_cpu"
+SHORT = 128  # up to this many tokens the whole-batch path wins (longer: the flash kernel's quadratic saving)
+
+
+def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """``(b, h, t, d)`` query/key/value + boolean ``(b, 1, t, t)`` mask (True = attend) or None -> ``(b, t, h, d)``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or module.training or torch.is_grad_enabled() or query.shape[-2] > SHORT:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scaling q (t x d) is cheaper than scores (t x t)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores += attention_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), value).transpose(1, 2).contiguous(), None
+
+
+def _register() -> bool:
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.modeling_utils import AttentionInterface
+    except ImportError:  # transformers without pluggable attention: models keep their own
+        return False
+    AttentionInterface.register(NAME, cpu_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # boolean masks, None when nothing is padded
+    return True
+
+
+def use_cpu_attention(model) -> bool:
+    """Switch ``model`` (in place) to :func:`cpu_attention` if its architecture supports pluggable attention."""
+    if not getattr(model, "_supports_attention_backend", False) or not hasattr(model, "set_attn_implementation"):
+        return False
+    if not _register():
+        return False
+    model.set_attn_implementation(NAME)
+    return model.config._attn_implementation == NAME

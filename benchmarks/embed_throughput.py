@@ -40,7 +40,7 @@ PATHS = {
     "no-attention": "`stack embed` without the CPU attention (sdpa)",
     "no-heap": "`stack embed` without heap reuse",
     "fp32": "`stack embed` in fp32",
-    "chunks-256": "`stack embed` with 256-token chunks, stride 32 (the previous default)",
+    "chunks-256": "`stack embed` with 256-token chunks, stride 32",
     "ceiling": "ceiling: `stack embed`'s matmuls + attention alone",
 }
 ABLATIONS = ["no-pack", "no-attention", "no-heap", "fp32", "chunks-256"]

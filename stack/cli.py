@@ -74,7 +74,8 @@ def embed(
     from stack.embed import run_embed
 
     r = run_embed(model, load_params(params), set_)
-    typer.echo(f"embedded {r['essays']} essays in {r['seconds']:.0f}s ({r['dtype']})")
+    rss = f", peak RSS {r['peak_rss_mb'] / 1024:.1f} GiB" if r.get("peak_rss_mb") else ""
+    typer.echo(f"embedded {r['essays']} essays in {r['seconds']:.0f}s ({r['dtype']}{rss})")
     typer.echo(_line(model, r["mcrmse"], r["per_target"]))
 
 

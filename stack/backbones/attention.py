@@ -2,7 +2,7 @@
 
 PyTorch's CPU flash-attention kernel works in small query blocks with one GEMM call per block and head, so on
 short chunks with narrow heads (MiniLM: 128 tokens, 32-dim heads) the calls cost more than the arithmetic. For
-sequences of at most ``SHORT`` tokens, three whole-batch calls are faster: ``(q * scale) @ k^T``, softmax,
+sequences of at most ``SHORT`` tokens, three whole-batch calls are faster: ``q @ (k * scale)^T``, softmax,
 ``@ v`` (measured in benchmarks/embed_throughput.py). Longer sequences, training, autograd and other devices go to
 transformers' own ``sdpa`` function, so the switch never changes what a model computes beyond bf16 rounding,
 which ``stack.embed.choose_dtype`` checks against fp32 before the model is used.
@@ -27,7 +27,10 @@ def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropo
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query * scale, key.transpose(-1, -2))  # scaling q (t x d) is cheaper than scores (t x t)
+    # scale k (t x d, cheaper than scaling the t x t scores) into a contiguous tensor: its transpose is then a
+    # plain strided view that the matmul reads without the copy a transposed head-split view costs
+    k = torch.mul(key, scale, out=torch.empty(key.shape, dtype=key.dtype, device=key.device))
+    scores = torch.matmul(query, k.transpose(-1, -2))
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)

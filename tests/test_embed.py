@@ -100,6 +100,7 @@ def test_embed_device_is_cuda_only_when_there_is_one(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_embed_texts_on_cuda_matches_the_cpu(tiny_bert_dir):
     from transformers import AutoModel, AutoTokenizer
 

@@ -241,7 +241,8 @@ def main() -> None:
             runs[p].append(run_worker(p, args))
         print(f"round {r + 1}: " + ", ".join(f"{p} {runs[p][-1]['seconds']:.2f}s" for p in paths), flush=True)
     if args.rounds:
-        print("\n| path | dtype | essays/s | speed-up over the plain loop | GFLOP/s | % of its dtype's GEMM peak | tokens |")
+        print("\n| path | dtype | essays/s | speed-up over the plain loop | GFLOP/s | % of its dtype's GEMM peak "
+              "| tokens |")
         print("|---|---|---|---|---|---|---|")
         for p in paths:
             last = runs[p][-1]
@@ -255,7 +256,8 @@ def main() -> None:
               "encoder's matmul + attention FLOPs of the padded batches")
     if args.all:
         got = run_worker("all", args)
-        print(f"\nall {got['essays']} essays ({got['dtype']}): {got['seconds']:.0f} s, peak RSS {got['peak_rss_mib']:.0f} MiB")
+        print(f"\nall {got['essays']} essays ({got['dtype']}): {got['seconds']:.0f} s, "
+              f"peak RSS {got['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ is pooled once, so an essay's vector is the pooling of all its tokens. Essays ar
 ``shard_size``; each shard's chunks are length-sorted and padded per batch, run under ``inference_mode`` in bf16
 where the CPU supports it and it matches fp32 on a sample (cosine > 0.999), with weights packed for oneDNN
 (stack.backbones.packed), the CPU attention of stack.backbones.attention and glibc's heap kept for reuse
-(stack.runtime), and written as the shard finishes
+(stack.runtime) -- or on the GPU in bf16/fp16 when there is one (``device: auto``) -- and written as the shard finishes
 (stack.shards): memory stays bounded and an interrupted run resumes from the last finished shard.
 
     stack embed minilm                    # cache/minilm/{train,test}.parquet
@@ -100,19 +100,26 @@ def embed_device(cfg) -> torch.device:
         return torch.device("cpu")
     if cfg.device == "auto":
         return torch.device("cuda")
+    bad = f"configs/models/{cfg.name}.yaml: device {cfg.device!r} is not one of auto, cpu, cuda, cuda:<k>"
     if not cfg.device.startswith("cuda"):
-        raise StackError(f"configs/models/{cfg.name}.yaml: device {cfg.device!r} is not one of auto, cpu, cuda, cuda:<k>")
-    if not torch.cuda.is_available():
-        raise StackError(f"configs/models/{cfg.name}.yaml: device {cfg.device!r} but no CUDA device is visible; "
+        raise StackError(bad)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise StackError(bad) from None
+    if (device.index or 0) >= visible:
+        seen = "1 CUDA device is" if visible == 1 else f"{visible or 'no'} CUDA devices are"
+        raise StackError(f"configs/models/{cfg.name}.yaml: device {cfg.device!r}, but {seen} visible; "
                          "set `device: auto` (or cpu)")
-    return torch.device(cfg.device)
+    return device
 
 
 def fast_dtype(device: torch.device) -> str | None:
     """The half-precision dtype worth trying on ``device``: bf16 on CPUs with native bf16 (oneDNN) and on CUDA
     devices that support it, fp16 on older CUDA devices, none otherwise."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if bf16_supported() else None
 
 
@@ -129,10 +136,11 @@ def inference_model(model, dtype: torch.dtype, rows: int, device: torch.device =
 
 
 def check_dtype(cfg, device: torch.device) -> None:
+    where = f"configs/models/{cfg.name}.yaml"
     if cfg.dtype not in ("auto", *DTYPES):
-        raise StackError(f"configs/models/{cfg.name}.yaml: dtype {cfg.dtype!r} is not one of auto, {', '.join(DTYPES)}")
+        raise StackError(f"{where}: dtype {cfg.dtype!r} is not one of auto, {', '.join(DTYPES)}")
     if cfg.dtype == "fp16" and device.type == "cpu":
-        raise StackError(f"configs/models/{cfg.name}.yaml: dtype fp16 needs a CUDA device; use bf16 or auto on the CPU")
+        raise StackError(f"{where}: dtype fp16 needs a CUDA device; use bf16 or auto on the CPU")
 
 
 def choose_dtype(model, sample, cfg, device: torch.device = torch.device("cpu"), threshold: float = 0.999):

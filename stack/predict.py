@@ -36,10 +36,17 @@ def _frozen(name: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None,
     kind, saved = meta.get("kind"), meta["config_json"]
     where = f"{paths.model_dir(name)}/heads.joblib"
     if kind == "backbone":
+        import dataclasses
+
+        import torch
+
         from stack.backbones.loading import load_backbone
         from stack.embed import embed_texts
 
         cfg = build(ModelConfig, saved, where)
+        # the machine scoring new essays need not be the one that embedded the training essays
+        on_gpu = torch.cuda.is_available()
+        cfg = dataclasses.replace(cfg, device="auto", dtype="auto" if cfg.dtype == "fp16" and not on_gpu else cfg.dtype)
         tokenizer, model = load_backbone(cfg)
         X, _ = embed_texts(texts, tokenizer, model, cfg)
         return predict_heads(heads, X), X, meta

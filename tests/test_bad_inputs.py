@@ -116,6 +116,8 @@ CASES = [
     ("missing-weights", no_weights, ["embed", "minilm"], "cannot load"),
     ("missing-data-file", lambda p: Path(SAMPLE).unlink(), ["blend"], "sample_submission.csv: file not found"),
     ("unknown-features", lambda p: None, ["blend", "--features", "embeddings"], "unknown features 'embeddings'"),
+    ("device-not-visible", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(device="cuda:99")), ["embed", "minilm"], "minilm.yaml: device 'cuda:99', but"),
+    ("fp16-on-the-cpu", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(dtype="fp16", device="cpu")), ["embed", "minilm"], "dtype fp16 needs a CUDA device"),
 ]
 
 

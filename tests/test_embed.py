@@ -91,12 +91,18 @@ def test_embed_device_is_cuda_only_when_there_is_one(monkeypatch):
     assert embed.embed_device(_cfg(device="cpu")).type == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert embed.embed_device(_cfg(device="auto")).type == "cpu"
-    with pytest.raises(StackError, match="no CUDA device is visible; set `device: auto`"):
+    with pytest.raises(StackError, match="device 'cuda:1', but no CUDA devices are visible; set `device: auto`"):
         embed.embed_device(_cfg(device="cuda:1"))
+    with pytest.raises(StackError, match="device 'cuda:x' is not one of"):
+        embed.embed_device(_cfg(device="cuda:x"))
     with pytest.raises(StackError, match="configs/models/t.yaml: device 'tpu' is not one of auto, cpu, cuda"):
         embed.embed_device(_cfg(device="tpu"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert embed.embed_device(_cfg(device="auto")) == torch.device("cuda")
+    assert embed.embed_device(_cfg(device="cuda:1")) == torch.device("cuda", 1)
+    with pytest.raises(StackError, match="device 'cuda:2', but 2 CUDA devices are visible"):
+        embed.embed_device(_cfg(device="cuda:2"))
 
 
 @pytest.mark.gpu

@@ -94,8 +94,8 @@ def test_mix_layers_rejects_bad_settings(layers, mode, weights, match):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_bf16_states_pool_in_float32(name):
-    """A bf16 model's states are pooled without a float32 copy, with float32 sums and exact token counts (bf16
-    integers are exact only up to 256)."""
+    """A bf16 model's states pool to float32 statistics equal to pooling their float32 copy, with exact token
+    counts (bf16 integers are exact only up to 256)."""
     torch.manual_seed(0)
     hidden = torch.randn(2, 301, 4).bfloat16()
     mask = torch.ones(2, 301, dtype=torch.long)

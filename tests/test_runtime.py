@@ -3,6 +3,7 @@ behaviour while active and restores it."""
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 import numpy as np
@@ -41,6 +42,16 @@ def test_cpu_attention_matches_sdpa(dtype, tol, masked):
     torch.testing.assert_close(got.float(), ref.transpose(1, 2), rtol=tol, atol=tol)
 
 
+def test_cpu_attention_takes_an_additive_float_mask():
+    q, k, v = _qkv(torch.float32)
+    keep = _mask()
+    additive = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    with torch.inference_mode():
+        got, _ = cpu_attention(MODULE, q, k, v, additive)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    torch.testing.assert_close(got, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_attention_hands_long_sequences_and_training_to_sdpa(monkeypatch):
     calls = []
     import transformers.integrations.sdpa_attention as sdpa
@@ -56,6 +67,14 @@ def test_cpu_attention_hands_long_sequences_and_training_to_sdpa(monkeypatch):
     assert calls == [9]
     cpu_attention(MODULE, q, k, v, None)  # autograd on: sdpa
     assert calls == [9, 9]
+    monkeypatch.setattr(attention, "SHORT", 128)
+    with torch.inference_mode():
+        cpu_attention(MODULE, q, k, v, None, is_causal=True)  # a decoder's causal attention
+        causal = torch.nn.Module().eval()
+        causal.is_causal = True
+        cpu_attention(causal, q, k, v, None)
+        cpu_attention(MODULE, q, k[:, :1], v[:, :1], None)  # grouped-query: fewer key/value heads
+    assert calls == [9, 9, 9, 9, 9]
 
 
 def test_use_cpu_attention_keeps_a_bert_output(tiny_bert_dir):
@@ -94,26 +113,52 @@ def _mallinfo2():
     return libc.mallinfo2()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_heap_reuse_serves_big_blocks_from_the_heap_and_keeps_them():
+def _mmapped_during(size: int) -> int:
+    """Bytes glibc holds in mmapped blocks while a ``size``-byte array is alive."""
+    block = np.ones(size, np.uint8)
+    during = _mallinfo2().hblkhd
+    del block
+    return during
+
+
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+
+
+@glibc_only
+def test_heap_reuse_serves_big_blocks_from_the_heap_and_keeps_them(monkeypatch):
+    for key in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+        monkeypatch.delenv(key, raising=False)
     size = 64 * 2**20
-
-    def mmapped_and_heap_after_free():
-        block = np.ones(size, np.uint8)
-        during = _mallinfo2().hblkhd
-        del block
-        return during, _mallinfo2().arena
-
     base = _mallinfo2().hblkhd
-    during, _ = mmapped_and_heap_after_free()
-    assert during - base >= size  # default glibc: a 64 MiB block is its own mmap
+    assert _mmapped_during(size) - base >= size  # glibc: a 64 MiB block is its own mmap
     with heap_reuse() as applied:
         assert applied
-        during, arena = mmapped_and_heap_after_free()
-        assert during - base < size  # from the heap ...
-        assert arena >= size  # ... which keeps it after free, for the next batch
-    during, _ = mmapped_and_heap_after_free()
-    assert during - base >= size  # defaults restored
+        with heap_reuse() as nested:
+            assert nested
+        assert _mmapped_during(size) - base < size  # from the heap, also after the nested exit ...
+        assert _mallinfo2().arena >= size  # ... which keeps it after free, for the next batch
+    assert _mmapped_during(size) - base >= size  # mmap again above 32 MiB
+
+
+@glibc_only
+def test_after_heap_reuse_glibc_still_reuses_mid_sized_blocks(monkeypatch):
+    """Setting any malloc option ends glibc's adaptive mmap threshold; leaving it at the initial 128 KiB would
+    mmap (and page-fault) every block above that for the rest of the process."""
+    for key in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
+        monkeypatch.delenv(key, raising=False)
+    with heap_reuse():
+        pass
+    size = 4 * 2**20
+    _mmapped_during(size)
+    base = _mallinfo2().hblkhd
+    assert _mmapped_during(size) - base < size
+    assert _mmapped_during(size) - base < size
+
+
+def test_heap_reuse_leaves_a_user_tuned_malloc_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    with heap_reuse() as applied:
+        assert applied is False
 
 
 def test_heap_reuse_is_a_no_op_without_glibc(monkeypatch):

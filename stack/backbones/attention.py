@@ -3,9 +3,10 @@
 PyTorch's CPU flash-attention kernel works in small query blocks with one GEMM call per block and head, so on
 short chunks with narrow heads (MiniLM: 128 tokens, 32-dim heads) the calls cost more than the arithmetic. For
 sequences of at most ``SHORT`` tokens, three whole-batch calls are faster: ``q @ (k * scale)^T``, softmax,
-``@ v`` (measured in benchmarks/embed_throughput.py). Longer sequences, training, autograd and other devices go to
-transformers' own ``sdpa`` function, so the switch never changes what a model computes beyond bf16 rounding,
-which ``stack.embed.choose_dtype`` checks against fp32 before the model is used.
+``@ v`` (measured in benchmarks/embed_throughput.py). It computes bidirectional attention, as encoders do; causal
+or grouped-query attention, longer sequences, training, autograd and other devices go to transformers' own
+``sdpa`` function, so the switch changes nothing beyond bf16 rounding, which ``stack.embed.choose_dtype`` checks
+against fp32 before the model is used.
 
     from stack.backbones.attention import use_cpu_attention
     use_cpu_attention(model)         # -> True where the model takes pluggable attention (BERT, RoBERTa, ...)
@@ -23,7 +24,10 @@ def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropo
     """``(b, h, t, d)`` query/key/value + boolean ``(b, 1, t, t)`` mask (True = attend) or None -> ``(b, t, h, d)``."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.device.type != "cpu" or module.training or torch.is_grad_enabled() or query.shape[-2] > SHORT:
+    causal = kwargs.get("is_causal") or getattr(module, "is_causal", False)
+    grouped = key.shape[1] != query.shape[1]
+    if (query.device.type != "cpu" or module.training or torch.is_grad_enabled() or query.shape[-2] > SHORT
+            or causal or grouped):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling

@@ -31,7 +31,8 @@ class PackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attr, algorithm = self.post
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), self.packed, self.bias, attr, [], algorithm)
+        rows = x.reshape(-1, self.in_features)
+        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, attr, [], algorithm)
         return y.view(*x.shape[:-1], self.out_features)
 
 
@@ -64,7 +65,8 @@ def pack_linears(model: torch.nn.Module, rows: int) -> int:
         dense, act = getattr(block, "dense", None), getattr(block, "intermediate_act_fn", None)
         if _packs(dense) and _exact_gelu(act):
             block.dense, block.intermediate_act_fn, n = PackedLinear(dense, rows, gelu=True), torch.nn.Identity(), n + 1
-    linears = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children() if _packs(child)]
+    linears = [(parent, name, child) for parent in model.modules()
+               for name, child in parent.named_children() if _packs(child)]
     for parent, name, child in linears:
         setattr(parent, name, PackedLinear(child, rows))
     return n + len(linears)

@@ -71,18 +71,15 @@ def chunks_from_ids(encoded: list[list[int]], tokenizer, max_len: int, stride: i
 
 
 def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
+    """Length-sorted batches, each padded to its longest chunk -> (chunk indices, ids, attention mask, pool mask)."""
     order = sorted(range(len(chunks)), key=lambda j: -len(chunks[j].ids))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        width = max(len(chunks[j].ids) for j in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
-        pool = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, j in enumerate(idx):
-            n = len(chunks[j].ids)
-            ids[r, :n] = torch.tensor(chunks[j].ids)
-            attn[r, :n] = 1
-            pool[r, :n] = torch.tensor(chunks[j].pool_mask)
+        width = len(chunks[idx[0]].ids)
+        gaps = [width - len(chunks[j].ids) for j in idx]
+        ids = torch.tensor([chunks[j].ids + [pad_id] * g for j, g in zip(idx, gaps)], dtype=torch.long)
+        attn = torch.tensor([[1] * (width - g) + [0] * g for g in gaps], dtype=torch.long)
+        pool = torch.tensor([chunks[j].pool_mask + [0] * g for j, g in zip(idx, gaps)], dtype=torch.long)
         yield idx, ids, attn, pool
 
 

@@ -32,7 +32,11 @@ def _mask(b=3, t=7):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_cpu_attention_matches_sdpa(dtype, tol, masked):
+@pytest.mark.parametrize("onednn", [False, True])
+def test_cpu_attention_matches_sdpa(dtype, tol, masked, onednn, monkeypatch):
+    if onednn and not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setattr(attention, "ONEDNN_SOFTMAX", onednn)
     q, k, v = _qkv(dtype)
     mask = _mask() if masked else None
     with torch.inference_mode():
@@ -40,6 +44,20 @@ def test_cpu_attention_matches_sdpa(dtype, tol, masked):
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=0.3)
     assert weights is None and got.shape == (3, 7, 2, 8) and got.dtype == dtype
     torch.testing.assert_close(got.float(), ref.transpose(1, 2), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 8e-3)])
+def test_softmax_matches_torch_with_masked_entries(dtype, tol):
+    torch.manual_seed(0)
+    scores = (torch.randn(2, 3, 5, 6) * 4).to(dtype)
+    scores[0, :, :, 4:] = torch.finfo(dtype).min  # padded keys, as cpu_attention masks them
+    scores[1, 2, 3, :-1] = torch.finfo(dtype).min  # a row with one key left
+    got = attention.softmax(scores)
+    assert got.dtype == dtype and got.layout == torch.strided
+    assert (got[0, :, :, 4:] == 0).all() and (got[1, 2, 3, -1] == 1).all()
+    torch.testing.assert_close(got.float(), torch.softmax(scores.float(), -1), rtol=tol, atol=tol)
+    torch.testing.assert_close(attention.softmax(scores.transpose(-1, -2)).float(),  # not contiguous: torch's own
+                               torch.softmax(scores.transpose(-1, -2).float(), -1), rtol=tol, atol=tol)
 
 
 def test_cpu_attention_takes_an_additive_float_mask():

@@ -2,7 +2,7 @@
 
 glibc serves every allocation above its mmap threshold (128 KiB at first, raised as blocks are freed, to at most
 32 MiB) with a fresh ``mmap`` and gives it back on ``free``, so a model whose activations exceed that pays page
-faults on every byte of them, every batch (MPNet's 48 MiB FFN activations: the stage ran 1.23x slower).
+faults on every byte of them, every batch (MPNet's 48 MiB FFN activations: the stage ran 1.2-1.3x slower).
 ``heap_reuse`` keeps freed memory in the heap for the next batch (no mmap, no trimming) while a stage runs. On
 exit it leaves glibc as its own adaptive rule ends up after big blocks (mmap above 32 MiB, trim above 64 MiB:
 setting any option switches that rule off for good, and glibc's initial 128 KiB would then mmap every block

@@ -1,5 +1,7 @@
-"""The project's own dvc.yaml in a temp git+DVC repo on 40 essays: full repro, no-op repro, narrow reruns."""
+"""The project's own dvc.yaml in a temp git+DVC repo on 40 essays: full repro, no-op repro, narrow reruns; and
+every stage's code deps cover the code they import."""
 
+import ast
 import json
 import os
 import shutil
@@ -23,6 +25,39 @@ def sh(*args, cwd):
 def ran(output: str) -> set[str]:
     """Stage names that `dvc repro` actually executed."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def _stack_imports(path: Path) -> set[Path]:
+    """Files of the ``stack`` modules that ``path`` imports anywhere (top level or inside functions)."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names = [module] + [f"{module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in (n for n in names if n == "stack" or n.startswith("stack.")):
+            stem = ROOT.joinpath(*name.split("."))
+            found |= {f for f in (stem.with_suffix(".py"), stem / "__init__.py") if f.is_file()}
+    return found
+
+
+def test_stage_deps_cover_the_code_they_import():
+    """A change to any module a stage runs must rerun it: its code deps are closed under imports."""
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        deps = [d for d in stage.get("do", stage)["deps"] if d.startswith("stack")]
+        covered = {f for d in deps for f in ((ROOT / d).rglob("*.py") if (ROOT / d).is_dir() else [ROOT / d])}
+        reached, todo = set(covered), list(covered)
+        while todo:
+            for f in _stack_imports(todo.pop()) - reached:
+                reached.add(f)
+                todo.append(f)
+        missing = sorted(str(f.relative_to(ROOT)) for f in reached - covered)
+        assert covered and not missing, f"dvc.yaml stage {name}: add {missing} to its deps"
 
 
 @pytest.fixture

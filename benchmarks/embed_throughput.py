@@ -82,16 +82,13 @@ def forward_flops(config, rows: int, width: int) -> float:
 def stack_batches(texts, tokenizer, cfg) -> list[list[int]]:
     """Chunk lengths of every batch ``stack embed`` runs on ``texts`` (longest first: ``[0]`` is the padded
     width), the same shards and length-sorted batches as ``embed_texts``."""
-    from stack.embed import chunks_from_ids, encode
+    from stack.embed import _batches, chunks_from_ids, encode, shards
 
     encoded = encode(texts, tokenizer)
-    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
     batches = []
-    for s in range(0, len(order), cfg.shard_size):
-        rows = [encoded[i] for i in order[s : s + cfg.shard_size]]
-        chunks = chunks_from_ids(rows, tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
-        lengths = sorted((len(c.ids) for c in chunks), reverse=True)
-        batches += [lengths[b : b + cfg.batch_size] for b in range(0, len(lengths), cfg.batch_size)]
+    for rows in shards(encoded, cfg.shard_size):
+        chunks = chunks_from_ids([encoded[i] for i in rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+        batches += [[len(chunks[j].ids) for j in idx] for idx, *_ in _batches(chunks, cfg.batch_size, 0)]
     return batches
 
 

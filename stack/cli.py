@@ -1,8 +1,8 @@
 """The ``stack`` command: one thin verb per stage. Errors a person can fix print one line and exit 2.
 
     stack folds                         # cache/folds.parquet
-    stack embed minilm                  # cache/minilm/{train,test}.parquet
-    stack blend --models minilm         # submission.csv, metrics/cv.json
+    stack fit mpnet                     # any member (configs/members/mpnet.yaml) -> cache/mpnet/, models/mpnet/
+    stack blend --models base,large     # submission.csv, metrics/cv.json, models/blend/
     stack predict --input essays.csv --out scores.csv
     stack score submission.csv labels.csv
 """
@@ -23,7 +23,7 @@ PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params.yaml to 
 
 @app.callback()
 def main() -> None:
-    """Score English-language-learner essays on six traits: folds -> embed/train -> blend."""
+    """Score English-language-learner essays on six traits: folds -> fit (each member) -> blend."""
 
 
 def friendly(fn):
@@ -64,49 +64,61 @@ def folds(params: Path = PARAMS_OPT) -> None:
 
 @app.command()
 @friendly
-def embed(
-    model: str = typer.Argument(..., help="a name under configs/models/"),
-    set_: list[str] = typer.Option(None, "--set", help="override a model config key, e.g. --set batch_size=16"),
+def fit(
+    member: str = typer.Argument(..., help="a name under configs/members/"),
+    set_: list[str] = typer.Option(None, "--set", help="override a key, e.g. --set batch_size=16 --set backbone.path=DIR"),
     params: Path = PARAMS_OPT,
 ) -> None:
-    """Frozen backbone: essay embeddings + per-fold ridge OOF/test predictions -> cache/<model>/."""
+    """Fit one stage-one member on the folds -> cache/<member>/, models/<member>/ (resumes what is finished)."""
     from stack.config import load_params
-    from stack.embed import run_embed
+    from stack.members import fit_member
+    from stack.runtime import is_main
 
-    r = run_embed(model, load_params(params), set_)
-    rss = f", peak RSS {r['peak_rss_mb'] / 1024:.1f} GiB" if r.get("peak_rss_mb") else ""
-    typer.echo(f"embedded {r['essays']} essays in {r['seconds']:.0f}s ({r['dtype']}{rss})")
-    typer.echo(_line(model, r["mcrmse"], r["per_target"]))
-
-
-@app.command()
-@friendly
-def train(
-    name: str = typer.Argument(..., help="a name under configs/train/"),
-    set_: list[str] = typer.Option(None, "--set", help="override a training key, e.g. --set epochs=1 --set folds=[0]"),
-    params: Path = PARAMS_OPT,
-) -> None:
-    """Fine-tune a backbone on every fold -> models/<name>/fold<k>/ and cache/<name>/ (resumes finished folds)."""
-    from stack.config import load_params
-    from stack.train import dist
-    from stack.train.run import run_train
-
-    r = run_train(name, load_params(params), set_)
-    if not dist.is_main():
+    r = fit_member(member, load_params(params), set_)
+    if not is_main():
         return
-    for k, f in sorted(r["folds"].items()):
+    for k, f in sorted(r.get("folds", {}).items()):
         typer.echo(f"fold {k}: MCRMSE {f['mcrmse']:.4f}" + ("  (finished earlier: skipped)" if f["skipped"] else ""))
+    if "embedded" in r:
+        rss = f", peak RSS {r['peak_rss_mb'] / 1024:.1f} GiB" if r.get("peak_rss_mb") else ""
+        typer.echo(f"embedded {r['embedded']} new essays, reused {r['reused']} ({r['precision']}{rss})")
     if r["pending"]:
-        typer.echo(f"folds {', '.join(map(str, r['pending']))} not trained yet; the cache is written once every fold is done")
-    else:
-        typer.echo(_line(name, r["mcrmse"], r["per_target"]))
-        typer.echo(f"wrote cache/{name}/, models/{name}/fold*/ in {r['seconds'] / 60:.1f} min")
+        typer.echo(f"folds {', '.join(map(str, r['pending']))} not fitted yet; the cache is written once every fold is done")
+        return
+    typer.echo(_line(member, r["mcrmse"], r["per_target"]))
+    typer.echo(f"wrote cache/{member}/, models/{member}/ in {r['seconds'] / 60:.1f} min")
+
+
+OLD_VERBS = {"embed": "frozen members", "train": "fine-tuned members"}
+OLD_TRAIN_NAMES = {"deberta-v3-xsmall": "xsmall", "deberta-v3-small": "small", "deberta-v3-base": "base",
+                   "deberta-v3-large": "large", "deberta-v2-xlarge": "v2-xlarge"}
+OLD_FROZEN_NAMES = {"xsmall": "xsmall-frozen", "small": "small-frozen", "base": "base-frozen", "large": "large-frozen",
+                    "v2-xlarge": "v2-xlarge-frozen"}
+
+
+def _renamed(verb: str, name: str) -> None:
+    new = (OLD_TRAIN_NAMES if verb == "train" else OLD_FROZEN_NAMES).get(name, name)
+    raise StackError(f"`stack {verb}` is now `stack fit <member>` for {OLD_VERBS[verb]} too: run `stack fit {new}`")
+
+
+@app.command(hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def embed(name: str = typer.Argument("<member>")) -> None:
+    """Renamed: stack fit."""
+    _renamed("embed", name)
+
+
+@app.command(hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def train(name: str = typer.Argument("<member>")) -> None:
+    """Renamed: stack fit."""
+    _renamed("train", name)
 
 
 @app.command()
 @friendly
 def blend(
-    models: str = typer.Option(None, "--models", help="comma-separated cached models (default: params.yaml blend.models)"),
+    models: str = typer.Option(None, "--models", help="comma-separated members (default: blend.models, else every member)"),
     method: str = typer.Option(None, "--method", help="blender name (default: params.yaml blend.method)"),
     features: str = typer.Option(None, "--features", help="emb | preds | both (both: method stack only)"),
     compare: str = typer.Option(None, "--compare", help="other methods to score, comma-separated ('' for none)"),
@@ -114,11 +126,13 @@ def blend(
     params: Path = PARAMS_OPT,
 ) -> None:
     """Stage two on the cached models -> submission.csv, metrics/cv.json, models/blend/."""
+    from stack.blend.config import blend_models, load_blend_config
     from stack.blend.run import run_blend
     from stack.config import load_params
 
     p = load_params(params)
-    r = run_blend(p, _models(models, p.blend.models), method or p.blend.method, features or p.blend.features,
+    cfg = load_blend_config(p)
+    r = run_blend(p, _models(models, blend_models(p, cfg)), method or cfg.method, features or cfg.features,
                   compare=None if compare is None else _models(compare, []), try_rounding=round_)
     for name, s in sorted(r["single"].items(), key=lambda kv: kv[1]["mcrmse"]):
         typer.echo(_line(name, s["mcrmse"], s["per_target"]))
@@ -142,13 +156,32 @@ def report(out: Path = typer.Option(None, "--out", help="default reports/report.
 def predict(
     input_csv: Path = typer.Option(..., "--input", help="CSV with text_id, full_text (other columns are ignored)"),
     out: Path = typer.Option(Path("scores.csv"), "--out", help="where to write text_id + six scores"),
-    models: str = typer.Option(None, "--models", help="comma-separated models (default: those the saved blend uses)"),
+    models: str = typer.Option(None, "--models", help="comma-separated members (default: those the saved blend uses)"),
+    bundle: Path = typer.Option(None, "--bundle", help="a folder written by `stack export` (no repository needed)"),
 ) -> None:
-    """Score new essays with the saved stage-one models and the saved blend -> OUT."""
+    """Score new essays with the saved members and the saved blend (or a bundle) -> OUT."""
     from stack.predict import run_predict
 
-    scores = run_predict(input_csv, out, _models(models, []))
+    scores = run_predict(input_csv, out, _models(models, []), bundle)
     typer.echo(f"wrote {out}: {len(scores)} essays scored")
+
+
+@app.command()
+@friendly
+def export(
+    out: Path = typer.Argument(..., help="a new folder for the bundle"),
+    keep_folds: bool = typer.Option(False, "--keep-folds", help="keep every fold head and fine-tuned fold outputs"),
+    drop_zero: bool = typer.Option(False, "--drop-zero", help="leave out members the blend weights at zero"),
+    by_reference: bool = typer.Option(False, "--packaged-by-reference",
+                                      help="reference packaged backbones (pip packages) instead of copying weights"),
+) -> None:
+    """Write a self-contained bundle of the saved blend and its members -> OUT (score with --bundle / Scorer.load)."""
+    from stack.bundle import export_bundle
+
+    manifest = export_bundle(out, keep_folds, drop_zero, by_reference)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    typer.echo(f"wrote {out}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB, members "
+               f"{', '.join(manifest['members'])}")
 
 
 @app.command()

@@ -1,10 +1,12 @@
-"""Frozen configuration for every stage: ``params.yaml`` + ``configs/models/<name>.yaml`` + ``--set`` overrides.
+"""Config machinery shared by every stage, and the params every stage reads (``debug``, ``data``, ``folds``,
+``members``). Each stage's own keys live with the stage: member kinds in ``stack.members``, backbones in
+``stack.backbones.config``, stage two in ``stack.blend.config`` -- so editing one stage's defaults reruns only it.
 
-One source of defaults (the dataclasses below); unknown keys and wrong types are errors, never ignored.
+One source of defaults (dataclasses); unknown keys and wrong types are errors that name the file and key.
 
-    from stack.config import load_params, load_model_config
-    params = load_params()                      # params.yaml
-    cfg = load_model_config("minilm", ["batch_size=16"])
+    from stack.config import load_params, build, parse_overrides
+    params = load_params()                          # params.yaml
+    cfg = build(MyConfig, {"batch_size": 16}, "configs/members/x.yaml")
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from pathlib import Path
 
 import yaml
 
-from stack import paths
 from stack.errors import StackError
 
 PARAMS = Path("params.yaml")
-DEBUG_ROWS = 48
+DEBUG_ROWS, DEBUG_FOLDS = 48, 2
 _SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-DEBUG_FOLDS = 2
+# sections of earlier releases, and what replaced them
+OLD_SECTIONS = {"embed": "`embed.models` is now the top-level `members` list (names under configs/members/)",
+                "train": "`train.models` is now the top-level `members` list (fine-tuned members have kind: finetune)"}
 
 
 @dataclass(frozen=True)
@@ -43,63 +46,14 @@ class FoldsConfig:
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
-    models: tuple[str, ...] = ("minilm",)
-
-
-@dataclass(frozen=True)
-class BlendConfig:
-    models: tuple[str, ...] = ("minilm",)
-    method: str = "ridge"  # the blend written to submission.csv
-    features: str = "emb"  # emb | preds (both only for method stack: one blender must not see both)
-    compare: tuple[str, ...] = ("ridge", "hill", "nelder-mead", "stack")  # also scored, for metrics/cv.json
-    negative: bool = False  # hill / nelder-mead may give a model a negative weight
-    bounds: tuple[float, ...] | None = None  # nelder-mead weight bounds [low, high]
-    svr_scaling: str = "standard"  # standard | l2
-    round: bool = False  # try rounding to the 0.5 grid; applied only if nested CV improves
-    lgbm_n_jobs: int = 2
-
-
-@dataclass(frozen=True)
-class TrainStageConfig:
-    models: tuple[str, ...] = ()  # each has configs/train/<name>.yaml; DVC runs train@<name> for each
-
-
-@dataclass(frozen=True)
 class Params:
+    """params.yaml. ``blend`` stays a raw mapping here: ``stack.blend.config`` owns and checks its keys."""
+
     debug: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    train: TrainStageConfig = field(default_factory=TrainStageConfig)
-    blend: BlendConfig = field(default_factory=BlendConfig)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """One backbone variant and how stage one uses it (see configs/models/*.yaml; other kinds: stack.member)."""
-
-    name: str = ""
-    kind: str = "backbone"  # backbone here; tfidf / features configs are read by stack.textfeatures
-    backbone: str = ""  # hub id; used when no local or packaged copy exists
-    packaged: str | None = None  # "<python package>/<folder>" or "<glob>/<name>.zip" (split into .zip.001, ...)
-    path: str | None = None  # local folder with config.json + weights: wins over everything
-    max_len: int = 512
-    stride: int = 64  # tokens shared by consecutive chunks of a long essay
-    truncate: bool = False  # True: only the first max_len tokens of each essay
-    pooling: tuple[str, ...] = ("mean",)  # one or more of stack.backbones.pooling.POOLINGS, concatenated
-    layers: tuple[int, ...] = (-1,)  # hidden-state indices: 0 = embeddings, -1 = last layer; [] = all
-    layer_mode: str = "concat"  # concat: layers side by side | mean: average them | weighted: layer_weights
-    layer_weights: tuple[float, ...] = ()  # layer_mode weighted: one fixed weight per entry of layers
-    batch_size: int = 32
-    dtype: str = "auto"  # auto (bf16 / fp16 if it matches fp32 on a sample) | bf16 | fp16 (CUDA) | fp32
-    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda | cuda:<k>
-    threads: int = 0  # intra-op threads on the CPU; 0 = every core this process may use
-    shard_size: int = 512  # essays per streamed shard (memory bound, resume granularity)
-    head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
-
-    def fingerprint(self) -> str:
-        return sha256_json(dataclasses.asdict(self))
+    members: tuple[str, ...] = ("minilm",)  # each has configs/members/<name>.yaml; DVC runs fit@<name> for each
+    blend: dict | None = None
 
 
 def sha256_json(obj) -> str:
@@ -132,7 +86,9 @@ def _coerce(value, tp, where: str):
 
 
 def build(cls, raw: dict | None, where: str):
-    """Dataclass ``cls`` from a mapping; unknown keys and wrong types raise StackError naming ``where``."""
+    """Dataclass ``cls`` from a mapping; unknown keys and wrong types raise StackError naming ``where``.
+
+    A class may map old key names to a hint in ``RENAMED`` (a ClassVar): such a key gets that hint."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise StackError(f"{where}: expected a mapping of keys, got {raw!r}")
@@ -140,6 +96,9 @@ def build(cls, raw: dict | None, where: str):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
+        hint = getattr(cls, "RENAMED", {}).get(unknown[0])
+        if hint:
+            raise StackError(f"{where}: key {unknown[0]!r} is now {hint}")
         raise StackError(f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(sorted(known))})")
     kwargs = {}
     for name, value in raw.items():
@@ -163,33 +122,31 @@ def read_yaml(path: Path) -> dict:
 
 
 def parse_overrides(overrides: list[str] | None) -> dict:
-    """``["batch_size=16", "layers=[-1,-2]"]`` -> ``{"batch_size": 16, "layers": [-1, -2]}`` (values are YAML)."""
+    """``["batch_size=16", "layers=[-1,-2]"]`` -> ``{"batch_size": 16, "layers": [-1, -2]}`` (values are YAML;
+    dotted keys such as ``backbone.path`` are kept as they are for the caller to route)."""
     out = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise StackError(f"override {item!r} must look like key=value")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
 
 def load_params(path: Path = PARAMS) -> Params:
-    return build(Params, read_yaml(path), str(path))
-
-
-def read_named(path: Path, name: str, overrides: list[str] | None, what: str) -> dict:
-    """The mapping in ``configs/<...>/<name>.yaml`` with ``key=value`` overrides on top and ``name`` set;
-    a missing file lists the known names (``what``: "model", "training config")."""
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise StackError(f"unknown {what} {name!r}: no {path} (known {what}s: {', '.join(known) or 'none'})")
     raw = read_yaml(path)
-    raw.update(parse_overrides(overrides))
-    raw.setdefault("name", name)
-    return raw
+    if not isinstance(raw, dict):
+        raise StackError(f"{path}: expected a mapping of sections, got {raw!r}")
+    old = [k for k in OLD_SECTIONS if k in raw]
+    if old:
+        raise StackError(f"{path}: section {old[0]!r} was renamed: {OLD_SECTIONS[old[0]]}")
+    return build(Params, raw, str(path))
 
 
-def load_model_config(name: str, overrides: list[str] | None = None) -> ModelConfig:
-    """Read ``configs/models/<name>.yaml``; ``overrides`` are ``key=value`` strings applied on top."""
-    path = paths.model_config(name)
-    return build(ModelConfig, read_named(path, name, overrides, "model"), str(path))
+def known_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def asdict(cfg) -> dict:
+    """A config dataclass as a JSON-able dict (tuples become lists, as they read back from YAML)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))

@@ -53,7 +53,7 @@ def _check_ids(df: pd.DataFrame, path) -> None:
         raise StackError(f"{path}: {_row(df, int(np.flatnonzero(bad)[0]))} has an empty {ID}")
     dup = ids.duplicated()
     if dup.any():
-        raise StackError(f"{path}: duplicate {ID} {ids[dup].iloc[0]!r} ({_row(df, int(np.flatnonzero(dup)[0]))}); ids must be unique")
+        raise StackError(f"{path}: duplicate {ID} {str(ids[dup].iloc[0])!r} ({_row(df, int(np.flatnonzero(dup)[0]))}); ids must be unique")
 
 
 def _check_texts(df: pd.DataFrame, path) -> None:
@@ -76,7 +76,7 @@ def _check_scores(df: pd.DataFrame, path) -> None:
         off = ~np.isclose(col / SCORE_STEP, np.round(col / SCORE_STEP))
         if off.any():
             i = int(np.flatnonzero(off)[0])
-            warnings.warn(f"{path}: {int(off.sum())} {t!r} scores are off the {SCORE_STEP} grid (first: {_row(df, i)}); kept as given")
+            warnings.warn(f"{path}: {int(off.sum())} {t!r} scores are off the {SCORE_STEP} grid (first: {_row(df, i)}); kept as given", stacklevel=2)
         df[t] = col.astype("float64")
 
 
@@ -95,11 +95,17 @@ def read_train(path: str | Path, debug: bool = False, debug_rows: int = 48) -> p
 
 def read_essays(path: str | Path) -> pd.DataFrame:
     """Essays to score: DataFrame[text_id, full_text]; other columns are ignored."""
-    df = _read_csv(path)
-    _require_columns(df, path, [ID, TEXT])
+    return essays_frame(_read_csv(path), path)
+
+
+def essays_frame(df: pd.DataFrame, where) -> pd.DataFrame:
+    """DataFrame[text_id, full_text] (strings) of ``df``, checked: both columns, unique non-empty ids, no empty
+    essay; other columns are ignored. ``where`` names the source in errors (a file, or "essays")."""
+    _require_columns(df, where, [ID, TEXT])
     df = df[[ID, TEXT]].copy()
-    _check_ids(df, path)
-    _check_texts(df, path)
+    _check_ids(df, where)
+    _check_texts(df, where)
+    df[ID] = df[ID].astype(str)
     return df.reset_index(drop=True)
 
 

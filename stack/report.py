@@ -123,6 +123,18 @@ def summary_table(cv: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ci(ci) -> str:
+    return f" (95% bootstrap interval {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
+
+
+def _gain(g) -> str:
+    """A paired bootstrap gain, and whether it is inside the noise (its 95% interval holds 0)."""
+    if not g:
+        return ""
+    noise = "inside the noise" if g["low"] <= 0 <= g["high"] else "outside the noise"
+    return f" (paired 95% interval {g['low']:+.4f} to {g['high']:+.4f}; {noise})"
+
+
 def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> str:
     """report.md text from the cv.json dict, {name: image file name} and {method: seconds} (blend.json)."""
     seconds = seconds or {}
@@ -136,10 +148,11 @@ def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> s
         "# Stage-two report\n\n",
         f"Blend **{cv['method']}** on `{cv['features']}` of {', '.join(cv['models'])} ({cv['n_rows']} essays, "
         f"{cv['n_folds']} folds, the folds of stage one).\n\n",
-        f"- nested CV MCRMSE **{b['mcrmse']:.4f}** (blender fitted without the fold it scores: the honest figure)\n",
+        f"- nested CV MCRMSE **{b['mcrmse']:.4f}**{_ci(b.get('ci95'))} (blender fitted without the fold it scores: "
+        "the honest figure)\n",
         f"- in-sample MCRMSE {b['in_sample']['mcrmse']:.4f} (fitted on all OOF rows; optimistic by {b['optimism']:.4f})\n",
-        f"- best single model {cv['best_single']['model']} {cv['best_single']['mcrmse']:.4f}: the blend gains "
-        f"{cv['gain_over_best_single']:.4f}\n",
+        f"- best single member {cv['best_single']['model']} {cv['best_single']['mcrmse']:.4f}: the blend gains "
+        f"{cv['gain_over_best_single']:.4f}{_gain(cv.get('gain_over_best_single_ci95'))}\n",
         f"- rounding to the 0.5 grid: {'applied' if cv['rounding']['applied'] else 'not applied'} "
         f"(nested MCRMSE rounded {cv['rounding']['nested_rounded']:.4f}"
         f"{'' if cv['rounding']['tried'] else ', not tried'})\n\n",
@@ -147,8 +160,10 @@ def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> s
         *[row(n, s) for n, s in cv["single"].items()], row(f"**blend: {cv['method']}** (nested)", b),
         f"\n![per-target RMSE]({images['per_target']})\n\n",
         "## Summary (for README)\n\n", summary_table(cv), "\n",
-        "## Every method tried\n\n| method | features | nested | in-sample | seconds |\n|---|---|---|---|---|\n",
-        *[f"| {m} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} | {seconds.get(m, float('nan')):.1f} |\n"
+        "## Every method tried\n\n| method | features | nested | in-sample | chosen's gain over it (paired 95%) | seconds |\n"
+        "|---|---|---|---|---|---|\n",
+        *[f"| {m} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} | "
+          f"{_gain(r.get('gain_of_chosen')).strip(' ;()') or '-'} | {seconds.get(m, float('nan')):.1f} |\n"
           for m, r in sorted(cv["methods"].items(), key=lambda kv: kv[1]["nested"]["mcrmse"])],
         f"\n![methods]({images['methods']})\n\n",
     ]

@@ -1,16 +1,24 @@
-"""CPU run-time settings for the torch stages: intra-op threads and glibc's heap.
+"""Run-time decisions of every torch stage, in one place: device, precision, threads, and glibc's heap.
 
-glibc serves every allocation above its mmap threshold (128 KiB at first, raised as blocks are freed, to at most
-32 MiB) with a fresh ``mmap`` and gives it back on ``free``, so a model whose activations exceed that pays page
-faults on every byte of them, every batch (MPNet's 48 MiB FFN activations: the stage ran 1.2-1.3x slower).
-``heap_reuse`` keeps freed memory in the heap for the next batch (no mmap, no trimming) while a stage runs. On
-exit it leaves glibc as its own adaptive rule ends up after big blocks (mmap above 32 MiB, trim above 64 MiB:
-setting any option switches that rule off for good, and glibc's initial 128 KiB would then mmap every block
-above it) and gives the kept memory back. It does nothing where glibc is absent (macOS, musl) or where the user
-tunes malloc through ``MALLOC_*_`` / ``GLIBC_TUNABLES``; nested uses apply once.
+- ``device("auto")``: this process's CUDA device when there is one (``LOCAL_RANK`` under torchrun), else the CPU;
+  ``cpu``, ``cuda``, ``cuda:<k>`` are checked against what is visible.
+- ``precision("auto", device)``: bf16 where the device computes it natively (CPUs with AVX-512 BF16 / AMX through
+  oneDNN, CUDA devices from Ampere on; emulated bf16 does not count), fp16 on older CUDA devices, else fp32.
+  ``fp16`` needs CUDA. Frozen and fine-tuned members read the same word (``precision``).
+- ``threads(0)``: every core this process may use, shared among the local ranks of a torchrun job.
+- ``heap_reuse()``: glibc serves every allocation above its mmap threshold (128 KiB at first, raised as blocks are
+  freed, to at most 32 MiB) with a fresh ``mmap`` and gives it back on ``free``, so a model whose activations
+  exceed that pays page faults on every byte of them, every batch (MPNet's 48 MiB FFN activations: the stage ran
+  1.2-1.3x slower). Inside, freed memory stays in the heap for the next batch (no mmap, no trimming). On exit it
+  leaves glibc as its own adaptive rule ends up after big blocks (mmap above 32 MiB, trim above 64 MiB: setting any
+  option switches that rule off for good, and glibc's initial 128 KiB would then mmap every block above it) and
+  gives the kept memory back. It does nothing where glibc is absent (macOS, musl) or where the user tunes malloc
+  through ``MALLOC_*_`` / ``GLIBC_TUNABLES``; nested uses apply once.
 
-    from stack.runtime import heap_reuse, set_threads
-    set_threads(0)                    # every core this process may use
+    from stack.runtime import device, precision, set_threads, heap_reuse
+    dev = device("auto", where="configs/members/mpnet.yaml")
+    prec = precision("auto", dev, where="configs/members/mpnet.yaml")     # "bf16" | "fp16" | "fp32"
+    set_threads(0)
     with heap_reuse():
         ...                           # batched inference
 """
@@ -24,6 +32,8 @@ import os
 import sys
 import threading
 
+from stack.errors import StackError
+
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt parameters (malloc.h)
 ADAPTED = {M_MMAP_THRESHOLD: 32 * 2**20, M_TRIM_THRESHOLD: 64 * 2**20, M_MMAP_MAX: 65536}
 REUSE = {M_TRIM_THRESHOLD: 2**31 - 1, M_MMAP_MAX: 0}
@@ -31,11 +41,102 @@ _lock = threading.Lock()
 _depth = 0
 
 
-def set_threads(threads: int = 0) -> int:
-    """Intra-op threads: ``threads`` or every core this process may use; -> the number set."""
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 otherwise); only rank 0 writes files."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device(requested: str = "auto", where: str = ""):
+    """``auto`` (this rank's CUDA device when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:<k>``
+    -> ``torch.device`` (a CUDA one is made current); a CUDA device that is not visible is a StackError naming
+    ``where``."""
     import torch
 
-    n = threads or max(1, len(os.sched_getaffinity(0)))
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if requested == "auto":
+        return _current(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    bad = f"{where}: device {requested!r} is not one of auto, cpu, cuda, cuda:<k>"
+    if not requested.startswith("cuda"):
+        raise StackError(bad)
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise StackError(bad) from None
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (dev.index or 0) >= visible:
+        seen = "1 CUDA device is" if visible == 1 else f"{visible or 'no'} CUDA devices are"
+        raise StackError(f"{where}: device {requested!r}, but {seen} visible; set `device: auto` (or cpu)")
+    return _current(dev if dev.index is not None else torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+
+
+def _current(dev):
+    """Make ``dev`` the current CUDA device, so that checks and collectives (nccl) of this rank run on it."""
+    import torch
+
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def native_bf16(dev) -> bool:
+    """Whether ``dev`` computes bf16 natively (not emulated): oneDNN's check on the CPU, compute capability on CUDA."""
+    import torch
+
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
+def precision(requested: str, dev, where: str = "") -> str:
+    """The precision to run in on ``dev``: ``auto`` -> bf16 where native, fp16 on other CUDA devices, else fp32."""
+    if requested not in PRECISIONS:
+        raise StackError(f"{where}: precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if native_bf16(dev) else "fp16" if dev.type == "cuda" else "fp32"
+    if requested == "fp16" and dev.type != "cuda":
+        raise StackError(f"{where}: precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
+    return requested
+
+
+def torch_dtype(prec: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[prec]
+
+
+def autocast(prec: str, dev):
+    """Mixed-precision context for ``prec`` on ``dev`` (a no-op for fp32)."""
+    import torch
+
+    if prec == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch_dtype(prec))
+
+
+def threads(requested: int = 0) -> int:
+    """Intra-op threads for this process: ``requested``, else the usable cores shared among local ranks."""
+    if requested > 0:
+        return requested
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, len(os.sched_getaffinity(0)) // max(local, 1))
+
+
+def set_threads(requested: int = 0) -> int:
+    """Set torch's intra-op threads to ``threads(requested)``; -> the number set."""
+    import torch
+
+    n = threads(requested)
     torch.set_num_threads(n)
     return n
 

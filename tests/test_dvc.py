@@ -1,4 +1,6 @@
-"""The project's own dvc.yaml in a temp git+DVC repo on 40 essays: full repro, no-op repro, narrow reruns; and
+"""The project's own dvc.yaml in a temp git+DVC repo on 40 essays: full repro, no-op repro, narrow reruns (a
+stage-two module or default reruns only stage two, a member's config only that member), the GPU users' path
+(`members: [base, large]` -> `dvc repro` -> `stack blend --models base,large`) on tiny random DeBERTa folders; and
 every stage's code deps cover the code they import."""
 
 import ast
@@ -9,10 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, make_project
+from stack.schema import TARGETS
+
+from conftest import ROOT, edit_yaml, make_project
 
 
 def sh(*args, cwd):
@@ -60,40 +66,95 @@ def test_stage_deps_cover_the_code_they_import():
         assert covered and not missing, f"dvc.yaml stage {name}: add {missing} to its deps"
 
 
-@pytest.fixture
-def repo(tmp_path, tiny_bert_dir):
-    root = make_project(tmp_path / "repo", tiny_bert_dir)
+def init_repo(root: Path) -> Path:
     shutil.copytree(ROOT / "stack", root / "stack", ignore=shutil.ignore_patterns("__pycache__"))
     sh("git", "init", "-q", cwd=root)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=root)
     sh(sys.executable, "-m", "dvc", "config", "core.analytics", "false", cwd=root)
-    sh("git", "add", "-A", cwd=root)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init", cwd=root)
+    commit(root, "init")
     return root
 
 
-def test_repro_then_noop_then_only_what_changed(repo):
-    dvc = [sys.executable, "-m", "dvc"]
-    first = sh(*dvc, "repro", cwd=repo)
-    assert ran(first) == {"folds", "embed@minilm", "blend", "report"}
-    assert (repo / "submission.csv").exists()
-    metrics = json.loads(sh(*dvc, "metrics", "show", "--json", cwd=repo))
-    assert "metrics/cv.json" in json.dumps(metrics)
+def commit(root: Path, message: str) -> None:
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, cwd=root)
 
-    assert ran(sh(*dvc, "repro", cwd=repo)) == set()
+
+@pytest.fixture
+def repo(tmp_path, tiny_bert_dir):
+    return init_repo(make_project(tmp_path / "repo", tiny_bert_dir))
+
+
+def dvc(*args, cwd):
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd)
+
+
+def stale(repo) -> set[str]:
+    """Stage names `dvc status` marks as changed."""
+    out = json.loads(dvc("status", "--json", cwd=repo) or "{}")
+    return set(out)
+
+
+def test_repro_then_noop_then_only_what_changed(repo):
+    first = dvc("repro", cwd=repo)
+    assert ran(first) == {"folds", "fit@minilm", "blend", "report"}
+    assert (repo / "submission.csv").exists()
+    metrics = json.loads(dvc("metrics", "show", "--json", cwd=repo))
+    assert "metrics/cv.json" in json.dumps(metrics) and "metrics/members/minilm.json" in json.dumps(metrics)
+
+    assert ran(dvc("repro", cwd=repo)) == set()
 
     # a stage-two param reruns only stage two
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["blend"]["method"] = "hill"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(sh(*dvc, "repro", cwd=repo)) == {"blend", "report"}
+    edit_yaml(repo / "params.yaml", blend={**yaml.safe_load((repo / "params.yaml").read_text())["blend"], "method": "hill"})
+    assert ran(dvc("repro", cwd=repo)) == {"blend", "report"}
 
-    # a model config change reruns that model and what depends on it, never the folds
-    cfg_path = repo / "configs" / "models" / "minilm.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["pooling"] = ["mean", "max"]
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    assert ran(sh(*dvc, "repro", cwd=repo)) == {"embed@minilm", "blend", "report"}
+    # a member's config reruns that member and what depends on it, never the folds
+    edit_yaml(repo / "configs" / "members" / "minilm.yaml", pooling=["mean", "max"])
+    assert ran(dvc("repro", cwd=repo)) == {"fit@minilm", "blend", "report"}
+
+
+def test_stage_two_code_and_defaults_leave_stage_one_alone(repo):
+    """Each stage depends only on the code it runs: stage-two code and stage-two defaults live in stack/blend/."""
+    edit_yaml(repo / "params.yaml", members=["minilm", "features"])
+    dvc("repro", cwd=repo)
+    assert stale(repo) == set()
+    config = repo / "stack" / "blend" / "config.py"
+    text = config.read_text()
+    assert 'bootstrap: int = 1000' in text
+    config.write_text(text.replace("bootstrap: int = 1000", "bootstrap: int = 200"))
+    run = repo / "stack" / "blend" / "run.py"
+    run.write_text(run.read_text() + "\n# an edit to a stage-two module\n")
+    assert stale(repo) == {"blend"}  # report follows once blend writes a new metrics/cv.json
+    assert ran(dvc("repro", cwd=repo)) <= {"blend", "report"}
+
+    # a member's config marks only that member
+    edit_yaml(repo / "configs" / "members" / "features.yaml", head_alphas=[1, 10, 100])
+    assert stale(repo) == {"fit@features"}
+
+
+def test_gpu_path_base_and_large_then_blend_them(tmp_path, tiny_deberta_dir):
+    """README's first example for GPU users, on CPU with tiny random DeBERTa folders standing in for the hub's
+    deberta-v3-base and -large: `members: [base, large]`, `dvc repro`, `stack blend --models base,large`."""
+    root = make_project(tmp_path / "repo", tiny_deberta_dir, members=("base", "large"))
+    for name in ("base", "large"):
+        edit_yaml(root / "configs" / "members" / f"{name}.yaml", epochs=1, max_len=64, batch_size=8, eval_batch_size=16,
+                  grad_checkpointing=True, precision="fp32")
+    init_repo(root)
+    out = dvc("repro", cwd=root)
+    assert ran(out) == {"folds", "fit@base", "fit@large", "blend", "report"}
+    for name in ("base", "large"):
+        assert sorted(p.name for p in (root / "models" / name).glob("fold*")) == ["fold0", "fold1"]
+        meta = json.loads((root / "cache" / name / "config.json").read_text())
+        assert meta["kind"] == "finetune" and meta["config_json"]["backbone"]["hub"].startswith("microsoft/deberta-v3-")
+    blended = sh(str(Path(sys.executable).parent / "stack"), "blend", "--models", "base,large", cwd=root)
+    assert "blend:ridge" in blended
+    cv = json.loads((root / "metrics" / "cv.json").read_text())
+    assert cv["models"] == ["base", "large"] and set(cv["single"]) == {"base", "large"}
+    sub = pd.read_csv(root / "submission.csv")
+    sample = pd.read_csv(root / "data" / "fb3" / "sample_submission.csv")
+    assert list(sub["text_id"]) == list(sample["text_id"]) and list(sub.columns) == ["text_id", *TARGETS]
+    values = sub[list(TARGETS)].to_numpy()
+    assert np.isfinite(values).all() and values.min() >= 1.0 and values.max() <= 5.0
 
 
 def experiments(repo) -> dict[str, dict]:
@@ -110,18 +171,16 @@ def experiments(repo) -> dict[str, dict]:
 def test_queue_of_two_experiments_completes_with_two_workers(repo):
     import time
 
-    dvc = [sys.executable, "-m", "dvc"]
-    sh(*dvc, "repro", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", cwd=repo)
-    sh(*dvc, "exp", "run", "--queue", "-S", "blend.features=preds", "-n", "preds", cwd=repo)
-    sh(*dvc, "exp", "run", "--queue", "-S", "blend.method=hill", "-n", "hill", cwd=repo)
-    sh(*dvc, "queue", "start", "-j", "2", cwd=repo)
+    dvc("repro", cwd=repo)
+    commit(repo, "baseline")
+    dvc("exp", "run", "--queue", "-S", "blend.features=emb", "-n", "emb", cwd=repo)
+    dvc("exp", "run", "--queue", "-S", "blend.method=hill", "-n", "hill", cwd=repo)
+    dvc("queue", "start", "-j", "2", cwd=repo)
     deadline = time.monotonic() + 600
     while len(experiments(repo)) < 2 and time.monotonic() < deadline:
         time.sleep(5)
-    status = sh(*dvc, "queue", "status", cwd=repo)
+    status = dvc("queue", "status", cwd=repo)
     assert status.count("Success") == 2, status
     exps = experiments(repo)
-    assert exps["preds"]["features"] == "preds" and exps["hill"]["method"] == "hill"
-    assert exps["preds"]["blend"] != exps["hill"]["blend"]
+    assert exps["emb"]["features"] == "emb" and exps["hill"]["method"] == "hill"
+    assert exps["emb"]["blend"] != exps["hill"]["blend"]

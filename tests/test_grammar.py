@@ -1,5 +1,5 @@
 """The grammar member: the real ONNX tagger flags obvious errors, windows tag every token, a missing model says how
-to install it, and ``stack embed grammar`` / ``stack predict`` work on the small project."""
+to install it, and ``stack fit grammar`` / ``stack predict`` work on the small project."""
 
 import numpy as np
 import pandas as pd
@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from stack.cli import app
 from stack.errors import StackError
+from stack.members import grammar
+from stack.members.grammar import FAMILIES, GRAMMAR_FEATURES, GrammarConfig, grammar_features, tag_family, windows
 from stack.schema import TARGETS
-from stack.textfeatures import grammar
-from stack.textfeatures.grammar import FAMILIES, GRAMMAR_FEATURES, GrammarConfig, grammar_features, tag_family, windows
 
 runner = CliRunner()
 WRONG = "he go to school yesterday and they was happy ."
@@ -75,7 +75,7 @@ def test_bad_windows_and_missing_model_are_explained(monkeypatch, tmp_path):
         grammar.load_tagger.cache_clear()
 
 
-def test_embed_and_predict_with_the_grammar_member(project):
+def test_fit_and_predict_with_the_grammar_member(project):
     from stack import cache
 
     for split in ("train", "test"):  # short essays keep the tagger fast
@@ -84,11 +84,11 @@ def test_embed_and_predict_with_the_grammar_member(project):
         df["full_text"] = df["full_text"].str.slice(0, 300)
         df.to_csv(path, index=False)
     ok("folds")
-    ok("embed", "grammar", "--set", "batch_size=4")
-    train, meta = cache.read_model("grammar", "train")
+    ok("fit", "grammar", "--set", "batch_size=4")
+    train, meta = cache.read_member("grammar", "train")
     assert meta["kind"] == "grammar" and meta["feature_names"] == list(GRAMMAR_FEATURES)
     assert len(cache.emb_columns(train)) == len(GRAMMAR_FEATURES) and len(train) == 40
-    ok("embed", "minilm")
+    ok("fit", "minilm")
     ok("blend", "--models", "minilm,grammar", "--method", "ridge", "--features", "preds")
     ok("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv")
     sub, scores = pd.read_csv("submission.csv"), pd.read_csv("scores.csv").set_index("text_id")

@@ -1,22 +1,27 @@
-"""Killing `stack embed` / `stack train` (SIGINT or SIGKILL) and running it again finishes the job, reuses
-finished shards/folds and gives byte-identical cache files to an uninterrupted run."""
+"""Killing `stack fit` (SIGINT or SIGKILL) and running it again finishes the job, reuses what was finished --
+a frozen member's stored embeddings (cache/<m>/embeddings/, one part per shard as it finishes), a fine-tuned
+member's finished folds -- and gives byte-identical cache files to an uninterrupted run."""
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from stack.cli import app
 
-EMBED = ["embed", "minilm", "--set=shard_size=2", "--set=batch_size=1", "--set=layers=[-1]", "--set=threads=1"]
-TRAIN = ["train", "minilm-ft", "--set=epochs=1", "--set=max_len=48", "--set=amp=fp32", "--set=threads=1",
-         "--set=lr=0.001"]
+FROZEN = ["fit", "minilm", "--set=shard_size=2", "--set=batch_size=1", "--set=layers=[-1]", "--set=threads=1"]
+FINETUNE = ["fit", "minilm-ft", "--set=epochs=1", "--set=max_len=48", "--set=precision=fp32", "--set=threads=1",
+            "--set=lr=0.001"]
 CACHE = ("train.parquet", "test.parquet")
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 
 
 def run(args, cwd):
@@ -37,8 +42,23 @@ def interrupted(args, cwd, ready, sig):
     return proc.returncode, err
 
 
-def cache_bytes(cwd: Path, model: str) -> dict:
-    return {f: (cwd / "cache" / model / f).read_bytes() for f in CACHE}
+def check_stopped(code, err, sig):
+    if sig == signal.SIGINT:
+        assert code == 130 and "interrupted: finished outputs are kept" in err, err[-500:]
+    else:
+        assert code == -signal.SIGKILL
+
+
+def cache_bytes(cwd: Path, member: str) -> dict:
+    return {f: (cwd / "cache" / member / f).read_bytes() for f in CACHE}
+
+
+def parts(cwd: Path, member: str) -> list[Path]:
+    return sorted((cwd / "cache" / member / "embeddings").glob("*/part-*.parquet"))
+
+
+def stored_rows(files: list[Path]) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in files)
 
 
 @pytest.fixture
@@ -47,48 +67,54 @@ def with_folds(project):
     return project
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_killed_embed_resumes_from_finished_shards_byte_identical(with_folds, sig):
-    result = run(EMBED, with_folds)
+@SIGNALS
+def test_killed_frozen_fit_embeds_only_the_rest_byte_identical(with_folds, sig):
+    result = run(FROZEN, with_folds)
     assert result.returncode == 0, result.stderr
     clean = cache_bytes(with_folds, "minilm")
-    for f in CACHE:
-        (with_folds / "cache" / "minilm" / f).unlink()
+    essays = stored_rows(parts(with_folds, "minilm"))  # every distinct essay, train and test
+    assert f"embedded {essays} new essays, reused 0" in result.stdout
+    shutil.rmtree(with_folds / "cache" / "minilm")  # nothing stored: the run to kill starts from scratch
+    shutil.rmtree(with_folds / "models" / "minilm")
 
-    shards = with_folds / "cache" / "minilm" / "shards"
-    code, err = interrupted(EMBED, with_folds, lambda: len(list(shards.glob("shard_*.parquet"))) >= 3, sig)
-    if sig == signal.SIGINT:
-        assert code == 130 and "interrupted: finished outputs are kept" in err
-    else:
-        assert code == -signal.SIGKILL
+    code, err = interrupted(FROZEN, with_folds, lambda: len(parts(with_folds, "minilm")) >= 3, sig)
+    check_stopped(code, err, sig)
     assert not (with_folds / "cache" / "minilm" / "train.parquet").exists()  # no partial output
-    assert len(list(shards.glob("shard_*.parquet"))) >= 3
+    left = parts(with_folds, "minilm")
+    assert len(left) >= 3  # shards are stored as they finish
+    kept = stored_rows(left)
+    assert 0 < kept < essays
 
-    result = run(EMBED, with_folds)
+    result = run(FROZEN, with_folds)
     assert result.returncode == 0, result.stderr
+    done = re.search(r"embedded (\d+) new essays, reused (\d+)", result.stdout)
+    assert done, result.stdout
+    assert (int(done[1]), int(done[2])) == (essays - kept, kept)  # only the essays the killed run had not stored
+    assert stored_rows(parts(with_folds, "minilm")) == essays
     assert cache_bytes(with_folds, "minilm") == clean
-    assert not shards.exists()
 
 
-def test_killed_train_restarts_at_the_first_unfinished_fold_byte_identical(with_folds):
-    result = run(TRAIN, with_folds)
+@SIGNALS
+def test_killed_finetune_fit_restarts_at_the_first_unfinished_fold_byte_identical(with_folds, sig):
+    member = with_folds / "models" / "minilm-ft"
+    result = run(FINETUNE, with_folds)
     assert result.returncode == 0, result.stderr
     clean = cache_bytes(with_folds, "minilm-ft")
-    fold0 = (with_folds / "models" / "minilm-ft" / "fold0" / "model.safetensors").read_bytes()
+    fold0 = (member / "fold0" / "model.safetensors").read_bytes()
     for f in CACHE:
         (with_folds / "cache" / "minilm-ft" / f).unlink()
-    (with_folds / "models" / "minilm-ft" / "fold1" / "outputs.safetensors").unlink()  # the run to kill redoes fold 1
-    for p in (with_folds / "models" / "minilm-ft").rglob("*"):
-        if p.name == "outputs.safetensors" and "fold0" in str(p):
-            p.unlink()  # and fold 0: kill it once fold 0 is finished again
+    for k in (0, 1):  # the run to kill redoes both folds; kill it once fold 0 is finished again
+        (member / f"fold{k}" / "outputs.safetensors").unlink()
 
-    outputs0 = with_folds / "models" / "minilm-ft" / "fold0" / "outputs.safetensors"
-    code, _ = interrupted(TRAIN, with_folds, outputs0.exists, signal.SIGKILL)
-    assert code == -signal.SIGKILL
+    outputs0 = member / "fold0" / "outputs.safetensors"
+    code, err = interrupted(FINETUNE, with_folds, outputs0.exists, sig)
+    check_stopped(code, err, sig)
     assert not (with_folds / "cache" / "minilm-ft" / "train.parquet").exists()
+    assert outputs0.exists() and not (member / "fold1" / "outputs.safetensors").exists()
 
-    result = run(TRAIN, with_folds)
+    result = run(FINETUNE, with_folds)
     assert result.returncode == 0, result.stderr
-    assert "fold 0: " in result.stdout and "finished earlier: skipped" in result.stdout.split("fold 1:")[0]
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith("fold ")}
+    assert "finished earlier: skipped" in lines["fold 0"] and "skipped" not in lines["fold 1"], result.stdout
     assert cache_bytes(with_folds, "minilm-ft") == clean
-    assert (with_folds / "models" / "minilm-ft" / "fold0" / "model.safetensors").read_bytes() == fold0
+    assert (member / "fold0" / "model.safetensors").read_bytes() == fold0

@@ -1,15 +1,18 @@
-"""End to end on 40 essays with a tiny random encoder: folds -> embed -> blend, schemas and determinism."""
+"""End to end on 40 essays with a tiny random encoder: folds -> fit -> blend, schemas and determinism."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
 from typer.testing import CliRunner
 
 from stack.cli import app
 from stack.schema import PRED_COLS, TARGETS
+
+from conftest import edit_yaml
 
 runner = CliRunner()
 
@@ -22,14 +25,16 @@ def stack(*args):
 
 def run_pipeline():
     stack("folds")
-    stack("embed", "minilm")
+    stack("fit", "minilm")
     return stack("blend")
 
 
-def test_folds_embed_blend_write_every_file_with_its_schema(project):
-    cfg = yaml.safe_load(open("configs/models/minilm.yaml"))
-    cfg.update(layers=[-1], pooling=["mean", "max"])
-    yaml.safe_dump(cfg, open("configs/models/minilm.yaml", "w"))
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def test_folds_fit_blend_write_every_file_with_its_schema(project):
+    edit_yaml("configs/members/minilm.yaml", layers=[-1], pooling=["mean", "max"])
     out = run_pipeline()
     assert "blend:ridge" in out
 
@@ -46,7 +51,17 @@ def test_folds_embed_blend_write_every_file_with_its_schema(project):
         assert len(emb) == 2 * 32  # (last layer) x (mean, max) of the 32-wide tiny encoder
         assert all(str(df[c].dtype) == "float32" for c in emb)
         meta = json.loads(table.schema.metadata[b"stack"])
-        assert {"data", "folds", "config", "version", "model"} <= set(meta)
+        assert {"data", "folds", "config", "version", "member", "kind", "config_json", "cv", "head", "precision"} <= set(meta)
+        assert (meta["member"], meta["kind"], meta["precision"]) == ("minilm", "frozen", "fp32")
+        assert meta["config_json"]["member"]["pooling"] == ["mean", "max"] and meta["config_json"]["backbone"]["name"] == "minilm"
+
+    # what scoring new essays needs (arrays + JSON, no pickle), the resolved config beside the cache, the CV for DVC
+    member = read_json("models/minilm/member.json")
+    assert sorted(p.name for p in Path("models/minilm").iterdir()) == ["heads.json", "heads.safetensors", "member.json"]
+    assert read_json("cache/minilm/config.json") == member == meta
+    assert read_json("metrics/members/minilm.json")["mcrmse"] == member["cv"]["mcrmse"]
+    assert sorted(p.name for p in Path("models/blend").iterdir()) == ["blend.json", "blender.json", "blender.safetensors",
+                                                                      "oof.parquet"]
 
     sub = pd.read_csv("submission.csv")
     sample = pd.read_csv("data/fb3/sample_submission.csv")
@@ -54,18 +69,21 @@ def test_folds_embed_blend_write_every_file_with_its_schema(project):
     assert list(sub["text_id"]) == list(sample["text_id"])
     assert sub[list(TARGETS)].to_numpy().min() >= 1.0 and sub[list(TARGETS)].to_numpy().max() <= 5.0
 
-    cv = json.loads(open("metrics/cv.json").read())
+    cv = read_json("metrics/cv.json")
     assert set(cv["blend"]["per_target"]) == set(TARGETS)
     assert np.isclose(cv["blend"]["mcrmse"], np.mean(list(cv["blend"]["per_target"].values())))
 
 
 def test_pipeline_is_deterministic(project):
     run_pipeline()
-    first = {p: open(p, "rb").read() for p in ("submission.csv", "metrics/cv.json")}
-    emb1 = pd.read_parquet("cache/minilm/train.parquet")
+    outputs = ("submission.csv", "metrics/cv.json", "cache/minilm/train.parquet", "cache/minilm/test.parquet")
+    first = {p: Path(p).read_bytes() for p in outputs}
+    shutil.rmtree("cache/minilm/embeddings")  # embed every essay again, not from the store
     run_pipeline()
-    assert first == {p: open(p, "rb").read() for p in first}
-    pd.testing.assert_frame_equal(emb1, pd.read_parquet("cache/minilm/train.parquet"))
+    assert first == {p: Path(p).read_bytes() for p in outputs}
+    assert "embedded 0 new essays, reused 43" in stack("fit", "minilm")  # from the store: the same bytes again
+    stack("blend")
+    assert first == {p: Path(p).read_bytes() for p in outputs}
 
 
 def test_score_command(project, tmp_path):

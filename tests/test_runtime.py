@@ -1,4 +1,5 @@
-"""CPU run-time settings: the CPU attention matches sdpa and dispatches by length; heap_reuse changes glibc's
+"""Run-time decisions (stack.runtime): device and precision (one rule for every kind, errors naming the config
+file), threads and ranks; the CPU attention matches sdpa and dispatches by length; heap_reuse changes glibc's
 behaviour while active and restores it."""
 
 import ctypes
@@ -11,9 +12,134 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stack import runtime
 from stack.backbones import attention
 from stack.backbones.attention import cpu_attention, use_cpu_attention
+from stack.errors import StackError
 from stack.runtime import heap_reuse
+
+WHERE = "configs/members/x.yaml"
+CPU = torch.device("cpu")
+CUDA0 = torch.device("cuda", 0)  # a device object only: nothing runs on it
+
+
+# --- device ---------------------------------------------------------------------------------------------------
+
+def _cuda(monkeypatch, visible: int) -> list:
+    """Pretend ``visible`` CUDA devices are visible; -> the devices made current since (torch.cuda.set_device)."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
+
+
+def test_device_auto_is_the_cpu_without_cuda_and_this_ranks_gpu_with_it(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    _cuda(monkeypatch, 0)
+    assert runtime.device("auto") == runtime.device("cpu", WHERE) == CPU
+    current = _cuda(monkeypatch, 2)
+    assert runtime.device("auto") == CUDA0 and runtime.device("cpu") == CPU
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's second process on this machine
+    assert runtime.device("auto") == runtime.device("cuda") == torch.device("cuda", 1)
+    assert runtime.device("cuda:0") == CUDA0
+    # the chosen device is made current, so this rank's checks and nccl collectives run on its own GPU
+    assert current == [CUDA0, torch.device("cuda", 1), torch.device("cuda", 1), CUDA0]
+
+
+@pytest.mark.parametrize("visible, requested, match", [
+    (0, "cuda", "device 'cuda', but no CUDA devices are visible; set `device: auto`"),
+    (0, "cuda:0", "device 'cuda:0', but no CUDA devices are visible"),
+    (1, "cuda:1", "device 'cuda:1', but 1 CUDA device is visible"),
+    (2, "cuda:5", "device 'cuda:5', but 2 CUDA devices are visible"),
+    (1, "gpu", "device 'gpu' is not one of auto, cpu, cuda, cuda:<k>"),
+    (1, "cuda:x", "device 'cuda:x' is not one of auto, cpu, cuda, cuda:<k>"),
+])
+def test_device_not_visible_or_unknown_is_an_error_naming_the_file(monkeypatch, visible, requested, match):
+    _cuda(monkeypatch, visible)
+    with pytest.raises(StackError, match=f"^{WHERE}: {match}"):
+        runtime.device(requested, WHERE)
+
+
+# --- precision ------------------------------------------------------------------------------------------------
+
+def test_auto_precision_on_the_cpu_is_bf16_iff_native_else_fp32(monkeypatch):
+    native = runtime.native_bf16(CPU)
+    assert runtime.precision("auto", CPU, WHERE) == ("bf16" if native else "fp32")  # this machine's answer
+    for has, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "native_bf16", lambda dev, has=has: has)
+        assert runtime.precision("auto", CPU, WHERE) == want
+
+
+def test_auto_precision_on_cuda_is_bf16_where_native_else_fp16(monkeypatch):
+    for has, want in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(runtime, "native_bf16", lambda dev, has=has: has)
+        assert runtime.precision("auto", CUDA0, WHERE) == want
+    assert runtime.precision("fp16", CUDA0) == "fp16"
+
+
+@pytest.mark.parametrize("prec", ["bf16", "fp32"])
+def test_explicit_precision_is_kept(prec, monkeypatch):
+    monkeypatch.setattr(runtime, "native_bf16", lambda dev: False)  # bf16 asked for: emulated is the user's call
+    assert runtime.precision(prec, CPU, WHERE) == prec
+
+
+def test_fp16_on_the_cpu_and_unknown_words_are_errors_naming_the_file():
+    with pytest.raises(StackError, match=f"^{WHERE}: precision fp16 needs a CUDA device; use bf16 or auto"):
+        runtime.precision("fp16", CPU, WHERE)
+    with pytest.raises(StackError, match=f"^{WHERE}: precision 'fp8' is not one of auto, bf16, fp16, fp32"):
+        runtime.precision("fp8", CPU, WHERE)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid where CUDA is")
+@pytest.mark.parametrize("member", ["minilm", "minilm-ft"])
+def test_members_refuse_fp16_on_the_cpu_before_loading_anything(project, member):
+    """Frozen and fine-tuned members read the same word, and say which file to fix."""
+    from stack.members.registry import load_member
+
+    with pytest.raises(StackError, match=f"configs/members/{member}.yaml: precision fp16 needs a CUDA device"):
+        load_member(member, ["precision=fp16"])
+    with pytest.raises(StackError, match=f"configs/members/{member}.yaml: device 'cuda:7', but"):
+        load_member(member, ["device=cuda:7", "precision=fp32"])
+
+
+def test_torch_dtype_and_autocast():
+    assert [runtime.torch_dtype(p) for p in ("bf16", "fp16", "fp32")] == [torch.bfloat16, torch.float16, torch.float32]
+    a, b = torch.randn(3, 4), torch.randn(4, 2)
+    with runtime.autocast("fp32", CPU):
+        assert (a @ b).dtype == torch.float32
+    with runtime.autocast("bf16", CPU):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+# --- threads and ranks ------------------------------------------------------------------------------------------
+
+def test_threads_share_the_usable_cores_among_local_ranks(monkeypatch):
+    for key in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert runtime.threads(0) == 8 and runtime.threads(3) == 3
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert runtime.threads(0) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # more ranks than cores: still one each
+    assert runtime.threads(0) == 1
+    before = torch.get_num_threads()
+    try:
+        assert runtime.set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_rank_world_size_and_is_main(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert (runtime.rank(), runtime.world_size(), runtime.is_main()) == (0, 1, True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert (runtime.rank(), runtime.world_size(), runtime.is_main()) == (1, 2, False)
+
+
+# --- CPU attention ----------------------------------------------------------------------------------------------
 
 MODULE = torch.nn.Module().eval()
 
@@ -118,6 +244,8 @@ def test_use_cpu_attention_leaves_other_architectures_alone(tiny_deberta_dir):
     assert model.config._attn_implementation == before
 
 
+# --- heap reuse ---------------------------------------------------------------------------------------------------
+
 def _mallinfo2():
     class MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in
@@ -180,8 +308,6 @@ def test_heap_reuse_leaves_a_user_tuned_malloc_alone(monkeypatch):
 
 
 def test_heap_reuse_is_a_no_op_without_glibc(monkeypatch):
-    from stack import runtime
-
     monkeypatch.setattr(runtime, "_glibc", lambda: None)
     with heap_reuse() as applied:
         assert applied is False

@@ -1,12 +1,20 @@
-"""Handcrafted statistics against hand-counted values; TF-IDF config checks; both write the common cache schema."""
+"""Handcrafted statistics against hand-counted values; TF-IDF config checks; both members (``kind: features``,
+``kind: tfidf``) write the common cache schema."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from stack.config import load_params
 from stack.errors import StackError
-from stack.textfeatures.stats import FEATURES, load_wordlist, text_stats
-from stack.textfeatures.tfidf import TfidfConfig, make_head
+from stack.members.features import FEATURES, load_wordlist, text_stats
+from stack.members.registry import build_spec
+from stack.schema import TARGETS
+
+
+def tfidf(**keys):
+    """A tfidf member built (and checked) as if ``keys`` were in configs/members/tfidf.yaml."""
+    return build_spec("tfidf", {"kind": "tfidf", **keys}, "configs/members/tfidf.yaml")
 
 
 def _row(text):
@@ -46,34 +54,53 @@ def test_missing_wordlist_says_how_to_install():
     ({"char_analyzer": "chars"}, "not one of char, char_wb"),
 ])
 def test_tfidf_rejects_bad_settings(kw, match):
-    with pytest.raises(StackError, match=match):
-        make_head(TfidfConfig(name="tfidf", **kw))
+    with pytest.raises(StackError, match=f"configs/members/tfidf.yaml: .*{match}"):
+        tfidf(**kw)
 
 
 def test_tfidf_head_learns_a_word_signal():
     rng = np.random.default_rng(0)
     texts = np.array([" ".join(rng.choice(["good", "bad", "so", "the"], 20)) for _ in range(80)], dtype=object)
     y = np.array([[t.split().count("good")] * 6 for t in texts], float)
-    model = make_head(TfidfConfig(char_ngrams=(), head_alphas=(0.01, 0.1)))().fit(texts[:60], y[:60])
+    spec = tfidf(char_ngrams=(), head_alphas=(0.01, 0.1))
+    model = spec.kind.head(spec)().fit(texts[:60], y[:60])
     pred = model.predict(texts[60:])
     assert np.corrcoef(pred[:, 0], y[60:, 0])[0, 1] > 0.9
 
 
+def test_tfidf_vocabulary_never_sees_the_held_out_fold():
+    texts = np.array(["alpha beta", "alpha gamma", "beta gamma", "zeta only here"], dtype=object)
+    spec = tfidf(char_ngrams=(), min_df=1)
+    head = spec.kind.head(spec)().fit(texts[:3], np.arange(18, dtype=float).reshape(3, 6))
+    assert sorted(head.fitted_[0].vocabulary_) == ["alpha", "alpha beta", "alpha gamma", "beta", "beta gamma", "gamma"]
+
+
 def test_tfidf_config_rejects_backbone_keys(project):
-    from stack.textfeatures.tfidf import load_config
+    from stack.members.registry import load_member
 
-    with pytest.raises(StackError, match="unknown key 'layers'"):
-        load_config("tfidf", ["layers=[-1]"])
+    with pytest.raises(StackError, match="configs/members/tfidf.yaml: unknown key 'layers'"):
+        load_member("tfidf", ["layers=[-1]"])
+    with pytest.raises(StackError, match="--set backbone.<key> needs a member with a backbone"):
+        load_member("tfidf", ["backbone.path=/data/x"])
 
 
-def test_stack_embed_dispatches_on_kind(project):
-    from stack import cache
-    from stack.embed import run_embed
+@pytest.mark.parametrize("member", ["features", "tfidf"])
+def test_stack_fit_writes_the_cache_schema_of_its_kind(project, member):
+    from stack import cache, paths
+    from stack.members.run import fit_member
     from stack.stages import run_folds
 
     params = load_params()
     run_folds(params)
-    run_embed("features", params)
-    train, meta = cache.read_model("features", "train")
-    assert meta["kind"] == "features" and meta["feature_names"] == list(FEATURES)
-    assert len(cache.emb_columns(train)) == len(FEATURES)
+    result = fit_member(member, params, ["min_df=1", "max_features=2000"] if member == "tfidf" else None)
+    train, meta = cache.read_member(member, "train")
+    test, _ = cache.read_member(member, "test")
+    assert meta["kind"] == member and meta["member"] == member and len(train) == 40 and len(test) == 3
+    assert meta["cv"]["mcrmse"] == pytest.approx(result["mcrmse"]) and set(meta["head"]["chosen"]) == set(TARGETS)
+    assert sorted(p.name for p in paths.member_dir(member).iterdir()) == ["heads.json", "heads.safetensors", "member.json"]
+    if member == "tfidf":  # predictions only
+        assert cache.emb_columns(train) == []
+    else:  # the statistics themselves, in FEATURES order
+        assert meta["feature_names"] == list(FEATURES) and len(cache.emb_columns(train)) == len(FEATURES)
+        texts = pd.read_csv("data/fb3/train.csv")["full_text"].tolist()
+        np.testing.assert_allclose(train[cache.emb_columns(train)].to_numpy(), text_stats(texts), rtol=1e-6)

@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_minilm_fine_tune_one_fold(tmp_path, monkeypatch):
+    from stack import paths
     from stack.config import load_params
+    from stack.members import fit_member
     from stack.metrics import mcrmse
     from stack.stages import load_context, run_folds
-    from stack.train.run import run_train
 
     for name in ("params.yaml",):
         shutil.copy(ROOT / name, tmp_path / name)
@@ -36,20 +37,23 @@ def test_minilm_fine_tune_one_fold(tmp_path, monkeypatch):
     epochs = int(os.environ.get("STACK_PROOF_EPOCHS", "2"))
     threads = int(os.environ.get("STACK_PROOF_THREADS", "0"))
     extra = os.environ.get("STACK_PROOF_SET", "").split()  # e.g. "max_len=384 batch_size=16"
-    result = run_train("minilm-ft", params, ["folds=[0]", f"epochs={epochs}", f"threads={threads}", *extra])
+    result = fit_member("minilm-ft", params, ["folds=[0]", f"epochs={epochs}", f"threads={threads}", *extra])
     fold = result["folds"][0]
+    saved = json.loads((paths.fold_dir("minilm-ft", 0) / "config.json").read_text())  # the per-epoch history
     ctx = load_context(params)
     valid = ctx.fold == 0
     baseline, _ = mcrmse(ctx.y[valid], np.tile(ctx.y[~valid].mean(0), (valid.sum(), 1)))
     report = {
-        "fold0_mcrmse": fold["mcrmse"], "mean_predictor": baseline, "amp": fold["amp"], "epochs": epochs,
+        "fold0_mcrmse": fold["mcrmse"], "mean_predictor": baseline, "precision": fold["precision"], "epochs": epochs,
         "overrides": extra, "threads": threads,
         "train_essays": int((~valid).sum()), "valid_essays": int(valid.sum()),
         "per_epoch": [{"epoch": h["epoch"], "valid_mcrmse": round(h["valid_mcrmse"], 4),
                        "train_loss": round(h["train_loss"], 4), "train_min": round(h["train_seconds"] / 60, 2),
-                       "valid_min": round(h["valid_seconds"] / 60, 2)} for h in fold["history"]],
+                       "valid_min": round(h["valid_seconds"] / 60, 2)} for h in saved["history"]],
     }
     print(json.dumps(report, indent=2))
     Path(os.environ.get("STACK_PROOF_OUT", "/tmp/stack_train_proof.json")).write_text(json.dumps(report, indent=2))
     assert result["pending"] == [1, 2, 3, 4] and "mcrmse" not in result  # one fold: no cache yet
+    assert not paths.cache_file("minilm-ft", "train").exists()
+    assert saved["history"][saved["kept_epoch"] - 1]["valid_mcrmse"] == pytest.approx(fold["mcrmse"])
     assert fold["mcrmse"] < 0.9 * baseline

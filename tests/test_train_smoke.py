@@ -9,34 +9,36 @@ import numpy as np
 import pytest
 import torch
 
+from stack.backbones.config import BackboneConfig, load_backbone_config
+from stack.backbones.pooling import TOKEN_POOLINGS
 from stack.config import build
 from stack.metrics import mcrmse
 from stack.train.batching import encode, prepare_texts
 from stack.train.config import TrainConfig, validate
 from stack.train.loop import predict, train_fold
 from stack.train.model import build_model
-from stack.train.pooling import TRAIN_POOLINGS
 
 BASE = {"backbone": "tiny-deberta", "max_len": 48, "batch_size": 4, "eval_batch_size": 8, "epochs": 2,
-        "lr": 1e-3, "head_lr": 1e-2, "amp": "fp32", "dvclive": False, "threads": 1}
+        "lr": 1e-3, "head_lr": 1e-2, "precision": "fp32", "dvclive": False, "threads": 1}
 
 
 @pytest.fixture
-def tiny_models(tmp_path, tiny_deberta_dir, monkeypatch):
-    """cwd with configs/models/tiny-deberta.yaml pointing at the tiny DeBERTa; one torch thread."""
-    (tmp_path / "configs" / "models").mkdir(parents=True)
-    (tmp_path / "configs" / "models" / "tiny-deberta.yaml").write_text(f"path: {tiny_deberta_dir}\n")
+def backbone(tmp_path, tiny_deberta_dir, monkeypatch) -> BackboneConfig:
+    """configs/backbones/tiny-deberta.yaml pointing at the tiny DeBERTa (cwd = tmp_path), loaded; one torch thread."""
+    (tmp_path / "configs" / "backbones").mkdir(parents=True)
+    (tmp_path / "configs" / "backbones" / "tiny-deberta.yaml").write_text(f"path: {tiny_deberta_dir}\nmax_positions: 512\n")
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the 2 shared CPU cores: more threads only contend
-    yield tmp_path
+    yield load_backbone_config("tiny-deberta")
     torch.set_num_threads(threads)
 
 
 def synthetic(n: int, seed: int = 0):
     """Essays of filler words plus a cue word: 'happy' -> 4.0 on every target, 'sad' -> 2.0."""
     rng = np.random.default_rng(seed)
-    filler = "the a of and to in is was it that for on with as be at by this have from".split()
+    filler = ["the", "a", "of", "and", "to", "in", "is", "was", "it", "that", "for", "on", "with", "as", "be", "at",
+              "by", "this", "have", "from"]
     texts, y = [], []
     for i in range(n):
         words = list(rng.choice(filler, 12)) + ["happy" if i % 2 else "sad"] * 3
@@ -51,14 +53,19 @@ def cfg_of(**kw) -> TrainConfig:
 
 
 TECHNIQUES = {
-    **{f"pooling-{p}": {"pooling": p} for p in sorted(TRAIN_POOLINGS)},
+    **{f"pooling-{p}": {"pooling": [p]} for p in sorted(TOKEN_POOLINGS)},
+    "poolings-side-by-side": {"pooling": ["mean", "max", "attention"]},
+    "layers-weighted": {"layers": [], "layer_mode": "weighted"},  # learned softmax weights over every state
+    "layers-weighted-init": {"layers": [-2, -1], "layer_mode": "weighted", "layer_weights": [1, 3]},
+    "layers-concat": {"layers": [-3, -2, -1], "layer_mode": "concat"},  # every state of the 2-layer model
+    "layers-mean": {"layers": [-2, -1], "layer_mode": "mean"},
     "llrd": {"llrd": 0.7},
     "reinit": {"reinit_layers": 1},
     "freeze": {"freeze_embeddings": True, "freeze_layers": 1},
     "checkpointing": {"grad_checkpointing": True},
     "accumulation": {"accum_steps": 3},
     "no-clip": {"max_grad_norm": 0.0},
-    "bf16": {"amp": "bf16"},
+    "bf16": {"precision": "bf16"},
     "mse": {"loss": "mse"},
     "rmse-weighted": {"loss": "rmse", "target_weights": [2, 1, 1, 1, 1, 0.5]},
     "smooth_l1-beta": {"loss": "smooth_l1", "smooth_l1_beta": 0.25},
@@ -78,13 +85,13 @@ TECHNIQUES = {
 
 
 @pytest.mark.parametrize("name", sorted(TECHNIQUES))
-def test_technique_trains_saves_and_reloads(name, tiny_models, tmp_path):
+def test_technique_trains_saves_and_reloads(name, backbone, tmp_path):
     from safetensors.torch import load_model, save_model
 
     cfg = cfg_of(**TECHNIQUES[name])
     texts, y = synthetic(14)
     torch.manual_seed(0)
-    tokenizer, model = build_model(cfg)
+    tokenizer, model = build_model(cfg, backbone, "test")
     ids = encode(prepare_texts(texts, cfg.paragraph, cfg.paragraph_token), tokenizer, cfg.max_len)
     if cfg.paragraph == "token":
         br = tokenizer.convert_tokens_to_ids(cfg.paragraph_token)
@@ -98,17 +105,24 @@ def test_technique_trains_saves_and_reloads(name, tiny_models, tmp_path):
         assert getattr(model.backbone, "is_activation_checkpointing", None) or model.backbone.is_gradient_checkpointing
     if name == "freeze":
         assert not any(n.startswith("backbone.embeddings") or ".layer.0." in n for n in moved)
+    if cfg.layer_mode == "weighted":
+        assert "pool.logits" in moved  # the layer weights are learned
+    if "attention" in cfg.pooling:
+        assert any(n.startswith("pool.tokens.") for n in moved)
+    n_layers = len(cfg.layers) if cfg.layer_mode == "concat" else 1
+    assert res.model.out_dim == 32 * len(cfg.pooling) * n_layers  # hidden size 32
     save_model(res.model, str(tmp_path / "w.safetensors"))
     torch.manual_seed(1)  # a differently initialised head must be overwritten by the load
-    _, fresh = build_model(cfg)
+    _, fresh = build_model(cfg, backbone, "test")
     load_model(fresh, str(tmp_path / "w.safetensors"))
-    pred, feats = predict(fresh, ids[10:], 8, tokenizer.pad_token_id, torch.device("cpu"), res.amp)
-    atol = 2e-2 if res.amp == "bf16" else 1e-5
+    pred, feats = predict(fresh, ids[10:], 8, tokenizer.pad_token_id, torch.device("cpu"), res.precision)
+    assert res.precision == ("bf16" if name == "bf16" else "fp32")
+    atol = 2e-2 if res.precision == "bf16" else 1e-5
     np.testing.assert_allclose(pred, res.valid_pred, atol=atol)
     assert feats.shape == res.valid_feats.shape == (4, fresh.out_dim)
 
 
-def test_tiny_deberta_learns_a_text_dependent_target(tiny_models):
+def test_tiny_deberta_learns_a_text_dependent_target(backbone):
     """Two folds: the training loss falls and out-of-fold predictions beat predicting the training mean."""
     cfg = cfg_of(epochs=6, batch_size=8, lr=1e-2, head_lr=3e-2, warmup=0.1)
     texts, y = synthetic(48)
@@ -117,7 +131,7 @@ def test_tiny_deberta_learns_a_text_dependent_target(tiny_models):
     baseline = np.zeros_like(y)
     for k in (0, 1):
         torch.manual_seed(k)
-        tokenizer, model = build_model(cfg)
+        tokenizer, model = build_model(cfg, backbone, "test")
         ids = encode(texts, tokenizer, cfg.max_len)
         tr, va = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         res = train_fold(model, cfg, [ids[i] for i in tr], y[tr], [ids[i] for i in va], y[va],
@@ -130,34 +144,45 @@ def test_tiny_deberta_learns_a_text_dependent_target(tiny_models):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("amp", ["fp16", "bf16"])
-def test_cuda_amp_trains_and_reloads(amp, tiny_models, tmp_path):
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_precision_trains_and_reloads(precision, backbone, tmp_path):
     from safetensors.torch import load_model, save_model
 
-    cfg = cfg_of(amp=amp, device="cuda", awp_eps=0.01, awp_start_epoch=1, grad_checkpointing=True)
+    cfg = cfg_of(precision=precision, device="cuda", awp_eps=0.01, awp_start_epoch=1, grad_checkpointing=True)
     texts, y = synthetic(14)
-    tokenizer, model = build_model(cfg)
+    tokenizer, model = build_model(cfg, backbone, "test")
     ids = encode(texts, tokenizer, cfg.max_len)
     dev = torch.device("cuda")
     res = train_fold(model, cfg, ids[:10], y[:10], ids[10:], y[10:], tokenizer.pad_token_id, dev)
-    assert res.amp == amp and np.isfinite(res.valid_pred).all()
+    assert res.precision == precision and np.isfinite(res.valid_pred).all()
     save_model(res.model, str(tmp_path / "w.safetensors"))
-    _, fresh = build_model(cfg)
+    _, fresh = build_model(cfg, backbone, "test")
     load_model(fresh, str(tmp_path / "w.safetensors"))
-    pred, _ = predict(fresh.to(dev), ids[10:], 8, tokenizer.pad_token_id, dev, amp)
+    pred, _ = predict(fresh.to(dev), ids[10:], 8, tokenizer.pad_token_id, dev, precision)
     np.testing.assert_allclose(pred, res.valid_pred, atol=2e-2)
 
 
-def test_fp16_on_cpu_is_refused(tiny_models):
-    from stack.errors import StackError
-    from stack.train.loop import resolve_amp
-
-    with pytest.raises(StackError, match="fp16 needs a CUDA device"):
-        resolve_amp("fp16", torch.device("cpu"))
-
-
-def test_max_len_beyond_the_position_table_is_refused(tiny_models):
+def test_fp16_on_cpu_is_refused(backbone):
+    """The training loop asks stack.runtime too: fp16 on the CPU stops before the first step."""
     from stack.errors import StackError
 
-    with pytest.raises(StackError, match="max_len 1024 exceeds the 512 positions of backbone 'tiny-deberta'"):
-        build_model(cfg_of(max_len=1024))
+    cfg = cfg_of(precision="fp16", name="tiny")
+    texts, y = synthetic(6)
+    tokenizer, model = build_model(cfg, backbone, "test")
+    ids = encode(texts, tokenizer, cfg.max_len)
+    with pytest.raises(StackError, match="tiny: precision fp16 needs a CUDA device"):
+        train_fold(model, cfg, ids[:4], y[:4], ids[4:], y[4:], tokenizer.pad_token_id, torch.device("cpu"))
+
+
+def test_max_len_beyond_the_position_table_is_refused(backbone):
+    from stack.errors import StackError
+
+    with pytest.raises(StackError, match="test: max_len 1024 exceeds the 512 positions of the backbone"):
+        build_model(cfg_of(max_len=1024), backbone, "test")
+
+
+def test_unknown_layer_for_this_backbone_is_refused(backbone):
+    from stack.errors import StackError
+
+    with pytest.raises(StackError, match="test: layers \\[5\\] out of range: this backbone has 3 hidden states"):
+        build_model(cfg_of(layers=[5]), backbone, "test")

@@ -1,119 +1,111 @@
-"""Unit tests of the fine-tuning parts: config, poolings, batching, LLRD groups, freezing, EMA/FGM/AWP, losses."""
+"""Unit tests of the fine-tuning parts: the finetune member's config, batching, LLRD groups, freezing,
+EMA/FGM/AWP, losses, distributed bookkeeping. (Poolings, the Pooler included, are tested in test_pooling.py.)"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from stack.backbones.pooling import PoolingSpec
 from stack.config import build
 from stack.errors import StackError
+from stack.members.registry import load_member
 from stack.train.batching import collate, eval_batches, prepare_texts, train_batches
-from stack.train.config import TrainConfig, load_train_config, validate
-from stack.train.pooling import TRAIN_POOLINGS, make_pooling
+from stack.train.config import TrainConfig, validate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cfg_of(**kw) -> TrainConfig:
     return validate(build(TrainConfig, kw, "test"), "test")
 
 
+@pytest.fixture
+def member_dir(tmp_path, monkeypatch):
+    """cwd with configs/members/a.yaml (a finetune member on configs/backbones/bb.yaml) and a frozen member f."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs" / "members").mkdir(parents=True)
+    (tmp_path / "configs" / "backbones").mkdir(parents=True)
+    (tmp_path / "configs" / "backbones" / "bb.yaml").write_text("path: /somewhere/bb\nmax_positions: 512\n")
+    (tmp_path / "configs" / "members" / "a.yaml").write_text("kind: finetune\nbackbone: bb\nepochs: 1\n")
+    (tmp_path / "configs" / "members" / "f.yaml").write_text("kind: frozen\nbackbone: bb\n")
+    return tmp_path
+
+
 # --- config ---------------------------------------------------------------------------------------------------
 
-def test_every_shipped_train_config_loads():
-    from pathlib import Path
+def test_every_shipped_finetune_member_loads(monkeypatch):
+    import yaml
 
-    from stack.train.model import backbone_config
-
-    names = [p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml")]
-    assert "minilm-ft" in names and len(names) >= 6
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(Path(__file__).resolve().parents[1])
-    try:
-        for n in names:
-            cfg = load_train_config(n)
-            assert cfg.name == n and cfg.pooling in TRAIN_POOLINGS
-            assert backbone_config(cfg).name == cfg.backbone  # a transformer entry of configs/models/
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(ROOT)
+    names = sorted(p.stem for p in (ROOT / "configs" / "members").glob("*.yaml")
+                   if yaml.safe_load(p.read_text()).get("kind") == "finetune")
+    assert {"minilm-ft", "xsmall", "small", "base", "large", "v2-xlarge"} <= set(names)
+    backbones = {p.stem for p in (ROOT / "configs" / "backbones").glob("*.yaml")}
+    for n in names:
+        spec = load_member(n)
+        assert isinstance(spec.cfg, TrainConfig) and spec.cfg.name == n and spec.kind.name == "finetune"
+        assert spec.backbone.name in backbones  # a file under configs/backbones/
+        assert spec.where == f"configs/members/{n}.yaml"
+        PoolingSpec(spec.cfg.pooling, spec.cfg.layers, spec.cfg.layer_mode, spec.cfg.layer_weights).check(True)
 
 
 @pytest.mark.parametrize("raw, msg", [
     ({"lrr": 1.0}, "unknown key 'lrr'"),
+    ({"amp": "bf16"}, r"key 'amp' is now 'precision' \(auto \| bf16 \| fp16 \| fp32\)"),
+    ({"precision": "fp8"}, "precision 'fp8' is not one of auto, bf16, fp16, fp32"),
     ({"loss": "huber"}, "loss 'huber' is not one of smooth_l1, mse, rmse"),
     ({"target_weights": [1, 1]}, "target_weights needs 6"),
     ({"msd_samples": 4}, "needs head_dropout > 0"),
     ({"swa": True, "ema_decay": 0.99}, "turn one off"),
     ({"epochs": "4"}, "expected int"),
+    ({"pooling": ["concat_last4"]}, r"test: unknown pooling 'concat_last4'.*`layers: \[-4, -3, -2, -1\]`"),
+    ({"layer_mode": "sum"}, "test: unknown layer_mode 'sum'"),
 ])
 def test_config_rejects_mistakes(raw, msg):
     with pytest.raises(StackError, match=msg):
         cfg_of(**raw)
 
 
-def test_unknown_train_config_lists_known(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "configs" / "train").mkdir(parents=True)
-    (tmp_path / "configs" / "train" / "a.yaml").write_text("epochs: 1\n")
-    with pytest.raises(StackError, match="known training configs: a"):
-        load_train_config("b")
-    assert load_train_config("a", ["lr=0.001"]).lr == 0.001
+def test_unknown_member_lists_known_and_overrides_apply(member_dir):
+    with pytest.raises(StackError, match=r"unknown member 'b': no configs/members/b.yaml \(known members: a, f\)"):
+        load_member("b")
+    assert load_member("a", ["lr=0.001"]).cfg.lr == 0.001
+    assert load_member("a", ["backbone.path=/elsewhere"]).backbone.path == "/elsewhere"
+    with pytest.raises(StackError, match="configs/members/a.yaml: key 'amp' is now 'precision'"):
+        load_member("a", ["amp=fp32"])
 
 
-def test_backbone_must_be_a_transformer_config(tmp_path, monkeypatch):
-    from stack.train.model import backbone_config
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "configs" / "models").mkdir(parents=True)
-    (tmp_path / "configs" / "models" / "tfidf.yaml").write_text("kind: tfidf\nword_ngrams: [1, 2]\n")
-    with pytest.raises(StackError, match="is a tfidf config, not a transformer"):
-        backbone_config(cfg_of(backbone="tfidf"))
-    with pytest.raises(StackError, match="unknown model 'nope'"):
-        backbone_config(cfg_of(backbone="nope"))
+def test_old_train_configs_point_to_the_new_layout(member_dir):
+    (member_dir / "configs" / "train").mkdir()
+    (member_dir / "configs" / "train" / "old.yaml").write_text("backbone: minilm\nepochs: 1\n")
+    with pytest.raises(StackError, match="configs/train/old.yaml uses the old layout: fine-tuned members now live "
+                                         "in configs/members/"):
+        load_member("old")
 
 
-def test_fingerprint_ignores_run_only_keys():
-    assert cfg_of(folds=[0], threads=1).fingerprint() == cfg_of().fingerprint() != cfg_of(lr=1e-4).fingerprint()
+def test_backbone_must_be_a_known_backbone(member_dir):
+    (member_dir / "configs" / "members" / "nope.yaml").write_text("kind: finetune\nbackbone: nope\n")
+    with pytest.raises(StackError, match=r"configs/members/nope.yaml: unknown backbone 'nope': no "
+                                         r"configs/backbones/nope.yaml \(known backbones: bb\)"):
+        load_member("nope")
+    (member_dir / "configs" / "members" / "none.yaml").write_text("kind: finetune\nepochs: 1\n")
+    with pytest.raises(StackError, match="configs/members/none.yaml: no `backbone` key"):
+        load_member("none")
+    with pytest.raises(StackError, match="max_len 1024 exceeds the 512 positions of backbone 'bb'"):
+        load_member("a", ["max_len=1024"])
 
 
-# --- poolings --------------------------------------------------------------------------------------------------
-
-def _states(n_layers=3, b=2, t=4, d=5):
-    torch.manual_seed(0)
-    return tuple(torch.randn(b, t, d) - 3.0 for _ in range(n_layers + 1))  # all-negative-ish rows
-
-
-def test_pooling_registry_rejects_unknown():
-    with pytest.raises(ValueError, match="valid: attention, cls, concat_last4, gem, max, mean, weighted_layer"):
-        make_pooling("avg", 5, 3)
-
-
-@pytest.mark.parametrize("name", sorted(TRAIN_POOLINGS))
-def test_every_pooling_ignores_padding(name):
-    hs, mask = _states(), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
-    pool = make_pooling(name, 5, 3)
-    out = pool(hs, mask)
-    assert out.shape == (2, pool.out_dim)
-    changed = tuple(h.clone() for h in hs)
-    for h in changed:
-        h[0, 2:] = 1e3  # padding of row 0
-    torch.testing.assert_close(pool(changed, mask), out)
-
-
-def test_attention_and_weighted_layer_by_hand():
-    hs, mask = _states(), torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
-    att = make_pooling("attention", 5, 3)
-    with torch.no_grad():
-        att.score[2].weight.zero_()  # constant score -> uniform weights over real tokens = mean pooling
-    torch.testing.assert_close(att(hs, mask)[0], hs[-1][0, :2].mean(0))
-    wl = make_pooling("weighted_layer", 5, 3)  # zero logits: plain average of layers 1..3, then mean
-    expect = torch.stack(hs[1:]).mean(0)[1].mean(0)
-    torch.testing.assert_close(wl(hs, mask)[1], expect)
-    cat = make_pooling("concat_last4", 5, 3)  # 3 layers: only 3 to concatenate
-    assert cat.out_dim == 15
-    torch.testing.assert_close(cat(hs, mask)[0, -5:], hs[-1][0, :2].mean(0))
+def test_fingerprint_ignores_run_only_keys(member_dir):
+    fp = load_member("a").fingerprint()
+    assert load_member("a", ["folds=[0]", "threads=1", "dvclive=false", "eval_batch_size=3"]).fingerprint() == fp
+    assert load_member("a", ["lr=0.0001"]).fingerprint() != fp
+    assert load_member("a", ["backbone.path=/elsewhere"]).fingerprint() != fp  # other weights, other outputs
+    assert load_member("a", ["layers=[-2, -1]", "layer_mode=weighted"]).fingerprint() != fp
 
 
 # --- batching --------------------------------------------------------------------------------------------------
@@ -152,7 +144,8 @@ def tiny_regressor(tiny_deberta_dir):
     from stack.train.model import Regressor
 
     torch.manual_seed(0)
-    return Regressor(AutoModel.from_pretrained(tiny_deberta_dir), "weighted_layer")
+    # learned weights over every hidden state: the old `weighted_layer` pooling
+    return Regressor(AutoModel.from_pretrained(tiny_deberta_dir), PoolingSpec(("mean",), (), "weighted"))
 
 
 def test_llrd_groups_and_no_decay(tiny_regressor):
@@ -161,6 +154,7 @@ def test_llrd_groups_and_no_decay(tiny_regressor):
     cfg = cfg_of(lr=1e-3, llrd=0.5, head_lr=1e-2, weight_decay=0.1)
     groups = {g["name"]: g for g in param_groups(tiny_regressor, cfg)}
     assert groups["head"]["lr"] == 1e-2 and groups["head/no_decay"]["weight_decay"] == 0.0
+    assert any(p is tiny_regressor.pool.logits for p in groups["head/no_decay"]["params"])  # learned layer weights
     assert groups["depth0"]["lr"] == pytest.approx(1e-3)  # top layer
     assert groups["depth1"]["lr"] == pytest.approx(5e-4)
     assert groups["depth2"]["lr"] == pytest.approx(2.5e-4)  # embeddings, 2 layers below the top
@@ -258,15 +252,18 @@ def test_losses_and_target_weights(loss):
 # --- distributed bookkeeping -------------------------------------------------------------------------------------------
 
 def test_dist_shards_batches_evenly_and_only_rank0_writes(monkeypatch):
+    from stack import runtime
     from stack.train import dist
 
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
     batches = list(range(7))
-    assert dist.shard(batches) == batches and dist.is_main()
+    assert dist.this_rank(batches) == batches and dist.is_main()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     shares = []
     for r in (0, 1):
         monkeypatch.setenv("RANK", str(r))
-        shares.append(dist.shard(batches))
+        shares.append(dist.this_rank(batches))
     assert shares == [[0, 2, 4], [1, 3, 5]]  # same count per rank, no batch twice
-    assert not dist.is_main() and dist.cpu_threads(0) >= 1 and dist.cpu_threads(3) == 3
+    assert not dist.is_main() and runtime.threads(0) >= 1 and runtime.threads(3) == 3

@@ -5,7 +5,7 @@ short chunks with narrow heads (MiniLM: 128 tokens, 32-dim heads) the calls cost
 sequences of at most ``SHORT`` tokens, three whole-batch calls are faster: ``q @ (k * scale)^T``, softmax,
 ``@ v`` (measured in benchmarks/embed_throughput.py). It computes bidirectional attention, as encoders do; causal
 or grouped-query attention, longer sequences, training, autograd and other devices go to transformers' own
-``sdpa`` function, so the switch changes nothing beyond bf16 rounding, which ``stack.embed.choose_dtype`` checks
+``sdpa`` function, so the switch changes nothing beyond bf16 rounding, which ``stack.backbones.embedder.prepare`` checks
 against fp32 before the model is used.
 
     from stack.backbones.attention import use_cpu_attention

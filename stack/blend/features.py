@@ -17,10 +17,12 @@ import pandas as pd
 from stack.cache import emb_columns
 from stack.errors import StackError
 from stack.schema import ID, PRED_COLS
+from stack.state import savable
 
 FEATURES = ("emb", "preds", "both")
 
 
+@savable
 @dataclass(frozen=True)
 class Layout:
     models: tuple[str, ...]
@@ -38,6 +40,14 @@ class Layout:
     def pred_columns(self) -> np.ndarray:
         return np.arange(self.n_emb, self.n_emb + len(PRED_COLS) * len(self.pred_models))
 
+    def to_state(self) -> dict:
+        return {"models": list(self.models), "features": self.features, "emb_dims": list(self.emb_dims),
+                "pred_models": list(self.pred_models)}
+
+    @classmethod
+    def from_state(cls, saved: dict):
+        return cls(tuple(saved["models"]), saved["features"], tuple(saved["emb_dims"]), tuple(saved["pred_models"]))
+
 
 def check_features(features: str) -> str:
     if features not in FEATURES:
@@ -53,9 +63,9 @@ def make_layout(frames: dict[str, pd.DataFrame], models: list[str], features: st
     return Layout(tuple(models), features, tuple(dims), tuple(preds))
 
 
-def aligned(frames: dict[str, pd.DataFrame], ids, where: str = "") -> dict[str, pd.DataFrame]:
-    """Every frame re-ordered to ``ids`` (joined on text_id, never on row order); ids must match exactly."""
-    ids = pd.Index(np.asarray(ids))
+def aligned(frames: dict[str, pd.DataFrame], text_ids, where: str = "") -> dict[str, pd.DataFrame]:
+    """Every frame re-ordered to ``text_ids`` (joined on text_id, never on row order); they must match exactly."""
+    ids = pd.Index(np.asarray(text_ids))
     out = {}
     for name, df in frames.items():
         got = pd.Index(df[ID])
@@ -78,7 +88,7 @@ def matrix(frames: dict[str, pd.DataFrame], layout: Layout) -> np.ndarray:
             cols = emb_columns(frames[name])
             if len(cols) != dim:
                 raise StackError(f"model {name!r}: {len(cols)} embedding columns, the blend was fitted on {dim}; "
-                                 "embed with the same model config as the cache")
+                                 "fit the member with the config its cache was written with")
             blocks.append(frames[name][cols].to_numpy(np.float64))
     for name in layout.pred_models:
         blocks.append(frames[name][list(PRED_COLS)].to_numpy(np.float64))

@@ -5,7 +5,7 @@ choosing the model and the grid weight ``w`` that lower the RMSE most. A model m
 replacement), so weights accumulate; with ``negative=True`` ``w`` may also be below zero (subtracting a model's
 errors, which the FB3 3rd-place team found helps). Weights always sum to 1.
 
-    est = HillClimbBlender(negative=True).fit(P, y)   # P (n, 6 * m): model-major predictions; y (n, 6)
+    est = HillClimbBlender(negative=True).fit(P, y)   # P (n, 6 * m): member-major predictions; y (n, 6)
     est.weights_                                       # (6, m)
 """
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from stack.blend.base import BlenderBase, candidate_columns, rmse
+from stack.blend.weights import WeightBlender, candidate_columns, rmse
+from stack.state import savable
 
 
 def hill_climb(P: np.ndarray, y: np.ndarray, grid: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, list[float]]:
@@ -43,7 +44,8 @@ def hill_climb(P: np.ndarray, y: np.ndarray, grid: np.ndarray, max_iter: int, to
     return weights, history
 
 
-class HillClimbBlender(BlenderBase):
+@savable
+class HillClimbBlender(WeightBlender):
     """Per-target hill-climbing weights over prediction columns laid out model-major (see ``candidate_columns``).
 
     ``step``: grid spacing of the mixing weight; ``max_weight``: largest |w| per step; ``negative``: allow w < 0.
@@ -72,7 +74,3 @@ class HillClimbBlender(BlenderBase):
         self.history_ = [h for _, h in fits]
         self.n_iter_ = np.array([len(h) for h in self.history_])  # steps tried, the last one found no gain
         return self
-
-    def predict(self, X):
-        X = self._start_predict(X)
-        return self._finish(np.einsum("nkm,km->nk", X[:, self.columns_], self.weights_))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
-from stack.blend.base import BlenderBase, candidate_columns
+from stack.blend.weights import WeightBlender, candidate_columns
+from stack.state import savable
 
 
-class NelderMeadBlender(BlenderBase):
+@savable
+class NelderMeadBlender(WeightBlender):
     """``bounds``: None (free weights) or ``(low, high)`` applied to every weight; starts from equal weights."""
 
     def __init__(self, bounds=None, max_iter=None, xatol=1e-6, fatol=1e-10):
@@ -44,7 +46,3 @@ class NelderMeadBlender(BlenderBase):
         self.weights_ = np.array([w for w, _ in fits])
         self.n_iter_ = np.array([n for _, n in fits])
         return self
-
-    def predict(self, X):
-        X = self._start_predict(X)
-        return self._finish(np.einsum("nkm,km->nk", X[:, self.columns_], self.weights_))

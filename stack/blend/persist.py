@@ -1,8 +1,9 @@
 """Save, load and apply a fitted blend: the estimator, its feature layout and the fingerprints of the caches
-it was fitted on (data, folds, each model's config hash). Loading refuses a mismatch and names the model.
+it was fitted on (data, folds, each member's fingerprint). Saved as arrays + JSON (stack.state, no pickle);
+loading refuses a mismatch and names the member.
 
-    save_blend(fitted)                                   # models/blend/blender.joblib
-    fitted = load_blend(expect=cache_fingerprints(["minilm"]))   # refuses a blend fitted on other caches
+    save_blend(fitted)                                   # models/blend/blender.{json,safetensors}
+    fitted = load_blend(expect={"models": {"minilm": fingerprint}})   # refuses a blend fitted on other members
     scores = predict_blend(fitted, {"minilm": frame})    # frame: text_id, pred_*, emb_* of NEW essays
 """
 
@@ -11,18 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 
-from stack import paths
+from stack import paths, state
 from stack.blend.features import Layout, aligned, matrix
 from stack.errors import StackError
 from stack.schema import ID, SCORE_MAX, SCORE_MIN, SCORE_STEP, TARGETS
 
-FORMAT = 1
+FORMAT = 2
 
 
+@state.savable
 @dataclass
 class FittedBlend:
     method: str
@@ -34,9 +35,18 @@ class FittedBlend:
     version: str = ""
     format: int = FORMAT
 
+    def to_state(self) -> dict:
+        return {k: getattr(self, k) for k in ("method", "layout", "estimator", "fingerprints", "round_to_grid", "cv",
+                                              "version", "format")}
 
-def blend_file() -> Path:
-    return paths.blend_dir() / "blender.joblib"
+    @classmethod
+    def from_state(cls, saved: dict):
+        return cls(**saved)
+
+
+def blend_file(folder: Path | None = None) -> Path:
+    """The saved blend's stem: ``<folder>/blender`` (.json + .safetensors); default models/blend/."""
+    return Path(folder or paths.blend_dir()) / "blender"
 
 
 def postprocess(pred: np.ndarray, round_to_grid: bool) -> np.ndarray:
@@ -47,16 +57,14 @@ def postprocess(pred: np.ndarray, round_to_grid: bool) -> np.ndarray:
     return pred
 
 
-def save_blend(fitted: FittedBlend, path: Path | None = None) -> Path:
-    """joblib-dump ``fitted`` (atomically) to ``path`` (default models/blend/blender.joblib)."""
-    from stack.cache import atomic_write
-
-    return atomic_write(Path(path or blend_file()), lambda p: joblib.dump(fitted, p))
+def save_blend(fitted: FittedBlend, folder: Path | None = None) -> list[Path]:
+    """Write ``fitted`` as ``<folder>/blender.{json,safetensors}`` (default models/blend/)."""
+    return state.save(fitted, blend_file(folder), info={"method": fitted.method, "members": list(fitted.layout.models)})
 
 
 def check_blend(fitted: FittedBlend, expect: dict, where: str = "") -> None:
     """Refuse ``fitted`` unless its fingerprints equal ``expect`` (any of ``data``, ``folds``, ``models``)."""
-    where = where or str(blend_file())
+    where = where or str(state.files(blend_file())[0])
     have = fitted.fingerprints
     for key in ("data", "folds"):
         if key in expect and expect[key] != have.get(key):
@@ -73,29 +81,15 @@ def check_blend(fitted: FittedBlend, expect: dict, where: str = "") -> None:
                          f"pass --models {','.join(fitted.layout.models)} or rerun `stack blend`")
 
 
-def load_blend(path: Path | None = None, expect: dict | None = None) -> FittedBlend:
+def load_blend(folder: Path | None = None, expect: dict | None = None) -> FittedBlend:
     """Read a saved blend; with ``expect`` (see ``check_blend``) refuse one fitted on other caches."""
-    from stack.cache import read_own_joblib
-
-    path = Path(path or blend_file())
-    fitted = read_own_joblib(path, "run `stack blend`")
+    stem = blend_file(folder)
+    fitted = state.load(stem, "run `stack blend`")
+    where = str(state.files(stem)[0])
     if not isinstance(fitted, FittedBlend) or fitted.format != FORMAT:
-        raise StackError(f"{path}: not a blend saved by this version of stack; rerun `stack blend`")
-    check_blend(fitted, expect or {}, str(path))
+        raise StackError(f"{where}: not a blend saved by this version of stack; rerun `stack blend`")
+    check_blend(fitted, expect or {}, where)
     return fitted
-
-
-def cache_fingerprints(models) -> dict:
-    """What the current caches of ``models`` were made with -> ``{"folds": str, "models": {name: config hash}}``:
-    pass it as ``expect`` to ``load_blend`` to refuse a blend fitted on other stage-one models."""
-    from stack.cache import read_model
-
-    metas = {m: read_model(m, "test")[1] for m in models}
-    folds = {meta.get("folds") for meta in metas.values()}
-    out = {"models": {m: meta.get("config") for m, meta in metas.items()}}
-    if len(folds) == 1:
-        out["folds"] = folds.pop()
-    return out
 
 
 def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -113,3 +107,43 @@ def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame]) -> pd.Da
     out = pd.DataFrame(pred, columns=list(TARGETS))
     out.insert(0, ID, first[ID].to_numpy())
     return out
+
+
+def _zero_members(est, layout) -> list[int]:
+    """Positions (in ``layout.pred_models``) of members a preds-only linear blend gives weight zero on every target."""
+    from stack.blend.weights import WeightBlender
+    from stack.heads.ridge import Ridge
+
+    k = len(TARGETS)
+    if isinstance(est, WeightBlender):
+        return [j for j in range(len(layout.pred_models)) if not np.any(est.weights_[:, j])]
+    if type(est) is Ridge:
+        return [j for j in range(len(layout.pred_models)) if not np.any(est.coef_[j * k:(j + 1) * k])]
+    return []
+
+
+def prune_zero(fitted: FittedBlend) -> FittedBlend:
+    """The same blend without the members it weights at zero (weight blenders and ridge on predictions only;
+    any other blend comes back unchanged). Predictions are unchanged: the dropped columns were multiplied by 0."""
+    from dataclasses import replace
+
+    from stack.blend.weights import WeightBlender, candidate_columns
+
+    layout, est = fitted.layout, fitted.estimator
+    drop = _zero_members(est, layout) if layout.features == "preds" and layout.n_emb == 0 else []
+    if not drop or len(drop) == len(layout.pred_models):
+        return fitted
+    keep = [j for j in range(len(layout.pred_models)) if j not in drop]
+    names = [layout.pred_models[j] for j in keep]
+    k = len(TARGETS)
+    cols = np.concatenate([np.arange(j * k, (j + 1) * k) for j in keep])
+    est = type(est).from_state(est.to_state())  # a copy
+    est.n_features_in_ = len(cols)
+    if isinstance(est, WeightBlender):
+        est.weights_ = est.weights_[:, keep]
+        est.columns_ = candidate_columns(len(cols), k)
+    else:
+        est.coef_, est.mean_, est.scale_ = est.coef_[cols], est.mean_[cols], est.scale_[cols]
+    layout = Layout(tuple(names), layout.features, tuple(0 for _ in names), tuple(names))
+    models = {m: v for m, v in fitted.fingerprints["models"].items() if m in names}
+    return replace(fitted, layout=layout, estimator=est, fingerprints={**fitted.fingerprints, "models": models})

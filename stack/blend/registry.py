@@ -11,19 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stack.blend.feature_blenders import LGBMBlender, RidgeBlender, SVRBlender
 from stack.blend.hill_climb import HillClimbBlender
+from stack.blend.lgbm import LGBMBlender
 from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.stacked import StackBlender
 from stack.errors import StackError
+from stack.heads.ridge import Ridge
+from stack.heads.svr import KernelSVR
 
 INPUTS = ("any", "preds", "both")
 
 
 @dataclass(frozen=True)
 class BlendOptions:
-    """Knobs of the blenders (params.yaml ``blend:``). On the frozen minilm pair (ridge + SVR heads) negative
-    hill weights and nelder-mead bounds changed nested CV by < 0.0005, so the defaults are the plain ones."""
+    """Knobs of the blenders (params.yaml ``blend:``)."""
 
     negative: bool = False  # hill: allow negative mixing weights
     bounds: tuple[float, float] | None = None  # nelder-mead: (low, high) for every weight, None = free
@@ -69,7 +70,7 @@ def features_for(name: str, features: str) -> str:
 
 @register("ridge", "any", "RidgeCV per target (alpha by leave-one-out) on standardised features")
 def _ridge(layout=None, options=BlendOptions()):
-    return RidgeBlender()
+    return Ridge()
 
 
 @register("lgbm", "any", "LightGBM per target, early stopping on an inner split of the training rows")
@@ -79,7 +80,7 @@ def _lgbm(layout=None, options=BlendOptions()):
 
 @register("svr", "any", "RBF SVR per target on standardised or L2-normalised features")
 def _svr(layout=None, options=BlendOptions()):
-    return SVRBlender(scaling=options.svr_scaling)
+    return KernelSVR(scaling=options.svr_scaling)
 
 
 @register("hill", "preds", "greedy hill climbing over the models' OOF predictions, per target")
@@ -97,5 +98,5 @@ def _stack(layout=None, options=BlendOptions()):
     if layout is None:
         return StackBlender()
     emb = layout.emb_columns() if len(layout.emb_columns()) else layout.pred_columns()
-    return StackBlender([("ridge-emb", RidgeBlender(), emb.tolist()),
+    return StackBlender([("ridge-emb", Ridge(), emb.tolist()),
                          ("hill-preds", HillClimbBlender(negative=options.negative), layout.pred_columns().tolist())])

@@ -4,7 +4,7 @@ Each method gets two scores on the same folds as stage one: *in-sample* (fitted 
 them, what most notebooks print) and *nested* (fitted without the fold being scored). The nested score is the
 honest one; the chosen method's full fit makes the submission and is saved for ``stack predict``.
 
-    stack blend --models minilm,mpnet --method hill     # submission.csv, metrics/cv.json, models/blend/
+    stack blend --models base,large --method hill       # submission.csv, metrics/cv.json, models/blend/
 """
 
 from __future__ import annotations
@@ -16,42 +16,33 @@ import numpy as np
 import pandas as pd
 
 from stack import cache, paths
+from stack.blend.config import load_blend_config
 from stack.blend.features import aligned, check_features, make_layout, matrix
 from stack.blend.persist import FittedBlend, postprocess, predict_blend, save_blend
 from stack.blend.registry import BlendOptions, features_for, get_blender
 from stack.errors import StackError
-from stack.metrics import mcrmse
+from stack.metrics import bootstrap_ci, mcrmse, paired_bootstrap
 from stack.schema import FOLD, ID, PRED_COLS, TARGETS
 from stack.stages import Context, load_context
 
-DEFAULT_COMPARE = ("ridge", "hill", "nelder-mead", "stack")
-
 
 def load_frames(ctx: Context, models: list[str]):
-    """Cache frames aligned to the essays -> ({model: train frame}, {model: test frame}, {model: fingerprint})."""
+    """Cache frames aligned to the essays -> ({member: train frame}, {member: test frame}, {member: fingerprint})."""
     if not models:
-        raise StackError("no models given: pass --models a,b,... (models with a cache under cache/)")
+        raise StackError("no members given: pass --models a,b,... (members with a cache under cache/)")
     train, test, metas = {}, {}, {}
     for name in models:
         paths.check_name(name)
-        if not paths.model_cache(name).is_dir():
+        if not paths.member_cache(name).is_dir():
             have = sorted(p.name for p in paths.CACHE.iterdir() if p.is_dir()) if paths.CACHE.is_dir() else []
-            raise StackError(f"model {name!r} has no cache at {paths.model_cache(name)} (cached: {', '.join(have) or 'none'}); "
-                             f"run `stack embed {name}` or `dvc repro`")
-        train[name], metas[name] = cache.read_model(name, "train")
-        test[name], _ = cache.read_model(name, "test")
+            raise StackError(f"member {name!r} has no cache at {paths.member_cache(name)} (cached: {', '.join(have) or 'none'}); "
+                             f"run `stack fit {name}` or `dvc repro`")
+        train[name], metas[name] = cache.read_member(name, "train")
+        test[name], _ = cache.read_member(name, "test")
         train.update(aligned({name: train[name]}, ctx.train[ID], str(paths.cache_file(name, "train"))))
         test.update(aligned({name: test[name]}, ctx.test[ID], str(paths.cache_file(name, "test"))))
     cache.check_fingerprints(metas, {"data": ctx.data_fp, "folds": ctx.folds_fp})
     return train, test, metas
-
-
-def load_features(ctx: Context, models: list[str], features: str):
-    """Concatenated features of ``models`` -> (X_train ``(n, d)``, X_test ``(m, d)``, {model: OOF ``(n, 6)``})."""
-    check_features(features)
-    train, test, _ = load_frames(ctx, models)
-    layout = make_layout(train, models, features)
-    return matrix(train, layout), matrix(test, layout), {n: oof_of(f) for n, f in train.items()}
 
 
 def oof_of(frame: pd.DataFrame) -> np.ndarray:
@@ -76,22 +67,15 @@ def nested_and_in_sample(make, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
 
 
 def options_from(cfg) -> BlendOptions:
-    """BlendOptions from params.yaml ``blend:`` (keys the config does not have keep their defaults)."""
-    from stack.blend.feature_blenders import SCALINGS
+    """BlendOptions from params.yaml ``blend:`` (a BlendConfig)."""
+    from stack.heads.svr import SCALINGS
 
-    defaults = BlendOptions()
-    bounds = getattr(cfg, "bounds", defaults.bounds)
-    if bounds is not None and (len(bounds) != 2 or not bounds[0] < bounds[1]):
-        raise StackError(f"params.yaml: blend.bounds must be [low, high] with low < high (or null), got {list(bounds)}")
-    scaling = getattr(cfg, "svr_scaling", defaults.svr_scaling)
-    if scaling not in SCALINGS:
-        raise StackError(f"params.yaml: blend.svr_scaling {scaling!r} is not one of {', '.join(SCALINGS)}")
-    return BlendOptions(
-        negative=getattr(cfg, "negative", defaults.negative),
-        bounds=tuple(bounds) if bounds else None,
-        svr_scaling=scaling,
-        lgbm_n_jobs=getattr(cfg, "lgbm_n_jobs", defaults.lgbm_n_jobs),
-    )
+    if cfg.bounds is not None and (len(cfg.bounds) != 2 or not cfg.bounds[0] < cfg.bounds[1]):
+        raise StackError(f"params.yaml: blend.bounds must be [low, high] with low < high (or null), got {list(cfg.bounds)}")
+    if cfg.svr_scaling not in SCALINGS:
+        raise StackError(f"params.yaml: blend.svr_scaling {cfg.svr_scaling!r} is not one of {', '.join(SCALINGS)}")
+    return BlendOptions(negative=cfg.negative, bounds=tuple(cfg.bounds) if cfg.bounds else None,
+                        svr_scaling=cfg.svr_scaling, lgbm_n_jobs=cfg.lgbm_n_jobs)
 
 
 def weights_table(est, layout) -> dict | None:
@@ -127,34 +111,21 @@ def evaluate(method: str, features: str, train: dict, models: list[str], y, fold
             "estimator": full, "seconds": time.perf_counter() - t0}
 
 
-def run_blend(params, models: list[str], method: str, features: str, compare: list[str] | None = None,
-              options: BlendOptions | None = None, try_rounding: bool | None = None) -> dict:
-    """``stack blend``: score ``method`` and every ``compare`` method, write submission.csv, metrics/cv.json,
-    models/blend/{blender.joblib, oof.parquet, blend.json}; returns what cv.json holds."""
-    cfg = params.blend
-    get_blender(method)
-    check_features(features)
-    compare = list(compare if compare is not None else getattr(cfg, "compare", DEFAULT_COMPARE))
-    for m in [method, *compare]:
-        check_honest(m, features)
-    options = options or options_from(cfg)
-    try_rounding = bool(getattr(cfg, "round", False)) if try_rounding is None else try_rounding
-    ctx = load_context(params)
-    train, test, metas = load_frames(ctx, models)
-    y, fold = ctx.y, ctx.fold
+def summarize(y: np.ndarray, runs: dict, method: str, train: dict, try_rounding: bool, n_boot: int):
+    """cv.json's content for the chosen ``method`` among ``runs`` -> (result, nested OOF ``(n, 6)``, rounded?).
 
-    runs = {m: evaluate(m, features, train, models, y, fold, options) for m in dict.fromkeys([method, *compare])}
+    Intervals: a 95% bootstrap interval of the blend's nested MCRMSE, and paired bootstrap intervals of its gain
+    over the best single member and over every other method (resampling essays; ``n_boot`` 0 leaves them out)."""
     chosen = runs[method]
     rounded = postprocess(chosen["nested"], True)
     use_round = try_rounding and mcrmse(y, rounded)[0] < mcrmse(y, chosen["nested"])[0]
     nested = rounded if use_round else chosen["nested"]
-
     single = {n: score(y, oof_of(f)) for n, f in train.items()}
     best = min(single, key=lambda n: single[n]["mcrmse"])
     blend_score = score(y, nested)
     in_sample = score(y, postprocess(chosen["in_sample"], use_round))
     result = {
-        "method": method, "features": chosen["layout"].features, "models": list(models),
+        "method": method, "features": chosen["layout"].features, "models": list(train),
         "blend": {**blend_score, "in_sample": in_sample, "optimism": blend_score["mcrmse"] - in_sample["mcrmse"]},
         "single": single,
         "best_single": {"model": best, "mcrmse": single[best]["mcrmse"]},
@@ -163,8 +134,38 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
                         "in_sample": score(y, r["in_sample"])} for m, r in runs.items()},
         "rounding": {"tried": try_rounding, "nested_rounded": mcrmse(y, rounded)[0], "applied": bool(use_round)},
         "weights": weights_table(chosen["estimator"], chosen["layout"]),
-        "n_rows": int(len(y)), "n_folds": int(len(np.unique(fold))),
+        "n_rows": int(len(y)),
     }
+    if n_boot:
+        result["blend"]["ci95"] = list(bootstrap_ci(y, nested, n_boot))
+        result["gain_over_best_single_ci95"] = paired_bootstrap(y, nested, oof_of(train[best]), n_boot)
+        for m, r in runs.items():
+            if m != method:
+                result["methods"][m]["gain_of_chosen"] = paired_bootstrap(y, nested, r["nested"], n_boot)
+    return result, nested, use_round
+
+
+def run_blend(params, models: list[str], method: str, features: str, compare: list[str] | None = None,
+              options: BlendOptions | None = None, try_rounding: bool | None = None) -> dict:
+    """``stack blend``: score ``method`` and every ``compare`` method, write submission.csv, metrics/cv.json,
+    models/blend/{blender.json, blender.safetensors, oof.parquet, blend.json}; returns what cv.json holds."""
+    cfg = load_blend_config(params)
+    get_blender(method)
+    check_features(features)
+    compare = [m for m in (compare if compare is not None else cfg.compare) if m != method]
+    for m in [method, *compare]:
+        check_honest(m, features)
+    options = options or options_from(cfg)
+    try_rounding = cfg.round if try_rounding is None else try_rounding
+    ctx = load_context(params)
+    train, test, metas = load_frames(ctx, models)
+    y, fold = ctx.y, ctx.fold
+
+    runs = {m: evaluate(m, features, train, models, y, fold, options) for m in dict.fromkeys([method, *compare])}
+    chosen = runs[method]
+    result, nested, use_round = summarize(y, runs, method, train, try_rounding, cfg.bootstrap)
+    result["n_folds"] = int(len(np.unique(fold)))
+    blend_score, in_sample = result["blend"], result["blend"]["in_sample"]
     fitted = FittedBlend(
         method=method, layout=chosen["layout"], estimator=chosen["estimator"], round_to_grid=bool(use_round),
         fingerprints={"data": ctx.data_fp, "folds": ctx.folds_fp, "models": {n: metas[n].get("config") for n in models}},

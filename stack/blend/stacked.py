@@ -1,6 +1,6 @@
 """A stack of blenders: the mean of several blenders, each fitted on its own columns of X.
 
-    est = StackBlender([("ridge-emb", RidgeBlender(), emb_cols), ("hill-preds", HillClimbBlender(), pred_cols)])
+    est = StackBlender([("ridge-emb", Ridge(), emb_cols), ("hill-preds", HillClimbBlender(), pred_cols)])
     est.fit(X, y).predict(X_new)          # mean of the members' (n, 6) predictions
 """
 
@@ -9,23 +9,27 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from stack.blend.base import BlenderBase
-from stack.blend.feature_blenders import RidgeBlender
 from stack.blend.hill_climb import HillClimbBlender
+from stack.heads.base import RegressorBase
+from stack.heads.ridge import Ridge
+from stack.state import savable
 
 
-class StackBlender(BlenderBase):
+@savable
+class StackBlender(RegressorBase):
     """``members``: list of ``(name, estimator, columns)``; ``columns`` is None (all) or a list of indices.
 
     None means ridge on all columns + hill climbing on all columns.
     """
+
+    FITTED = ("members_",)
 
     def __init__(self, members=None):
         self.members = members
 
     def _members(self):
         if self.members is None:
-            return [("ridge", RidgeBlender(), None), ("hill", HillClimbBlender(), None)]
+            return [("ridge", Ridge(), None), ("hill", HillClimbBlender(), None)]
         if not self.members:
             raise ValueError("members must name at least one (name, estimator, columns)")
         return self.members

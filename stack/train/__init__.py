@@ -1,9 +1,10 @@
-"""Fine-tuned stage one (``stack train NAME``): backbone + pooling + head trained per fold.
+"""The fine-tuning loop a ``kind: finetune`` member calls (``stack fit NAME``): backbone + pooling + head per fold.
 
 config (TrainConfig) -> model (Regressor) -> optim (LLRD, schedules) + regularizers (EMA, SWA, FGM, AWP)
--> loop (one fold) -> run (all folds, resume, cache). ``dist`` holds every rank/world-size decision.
+-> loop (one fold) -> store (fold artifacts). stack.members.finetune runs all folds, resumes and writes the
+cache. ``dist`` holds every rank/world-size decision.
 
     from stack.config import load_params
-    from stack.train.run import run_train
-    run_train("minilm-ft", load_params(), ["epochs=1"])
+    from stack.members import fit_member
+    fit_member("minilm-ft", load_params(), ["epochs=1"])
 """

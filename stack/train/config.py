@@ -1,18 +1,15 @@
-"""The fine-tuning config: one frozen dataclass, every switch with its default (see docs/train.md).
+"""The fine-tuning config (a ``kind: finetune`` member's keys): one frozen dataclass, every switch with its default
+(see docs/train.md). Read through the member registry: ``configs/members/<name>.yaml`` + ``--set key=value``.
 
-``configs/train/<name>.yaml`` + ``--set key=value`` overrides; unknown keys and wrong types are errors.
-
-    from stack.train.config import load_train_config
-    cfg = load_train_config("minilm-ft", ["epochs=1", "folds=[0]"])
+    from stack.members.registry import load_member
+    spec = load_member("base", ["epochs=1", "folds=[0]"])     # spec.cfg: TrainConfig
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
-from stack import paths
-from stack.config import build, read_named, sha256_json
 from stack.errors import StackError
 from stack.schema import TARGETS
 
@@ -21,7 +18,7 @@ CHOICES = {
     "scheduler": ("cosine", "linear", "constant"),
     "loss": ("smooth_l1", "mse", "rmse"),
     "keep": ("last", "best"),
-    "amp": ("auto", "bf16", "fp16", "fp32"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
     "swa_anneal_strategy": ("cos", "linear"),
 }
 
@@ -31,7 +28,8 @@ class TrainConfig:
     """Fine-tuning of one backbone on every fold. Epochs count from 1 in the ``*_start_epoch`` keys."""
 
     name: str = ""
-    backbone: str = "minilm"  # a name under configs/models/ (path / packaged / hub id come from there)
+    kind: str = "finetune"
+    backbone: str = ""  # a name under configs/backbones/ (or inline keys: {path: DIR})
     # text and batches
     max_len: int = 512  # tokens per essay incl. specials; longer essays are truncated
     paragraph: str = "keep"  # keep | strip (newlines -> space) | token (paragraph breaks -> paragraph_token)
@@ -40,7 +38,10 @@ class TrainConfig:
     eval_batch_size: int = 32
     bucket_batches: int = 32  # length-bucketed batches: sort within groups of this many batches; 0 = random
     # model
-    pooling: str = "mean"  # see stack.train.pooling.TRAIN_POOLINGS
+    pooling: tuple[str, ...] = ("mean",)  # token poolings side by side (stack.backbones.pooling), e.g. attention
+    layers: tuple[int, ...] = (-1,)  # hidden states pooled: 0 = embeddings, -1 = last; [] = all
+    layer_mode: str = "concat"  # concat | mean | weighted (softmax weights learned, from layer_weights)
+    layer_weights: tuple[float, ...] = ()
     backbone_dropout: float = 0.0  # p of every dropout inside the backbone (top FB3 teams: 0)
     head_dropout: float = 0.0
     msd_samples: int = 1  # multi-sample dropout: >1 averages the head over this many dropout masks
@@ -60,7 +61,7 @@ class TrainConfig:
     warmup: float = 0.0  # fraction of optimiser steps
     accum_steps: int = 1
     max_grad_norm: float = 1.0  # 0 = no clipping
-    amp: str = "auto"  # auto (bf16 where supported, else fp32) | bf16 | fp16 (CUDA only) | fp32
+    precision: str = "auto"  # autocast: auto (bf16 where native, fp16 on other GPUs, else fp32) | bf16 | fp16 | fp32
     # loss
     loss: str = "smooth_l1"  # smooth_l1 | mse | rmse (per-target RMSE, i.e. MCRMSE)
     smooth_l1_beta: float = 1.0
@@ -81,16 +82,12 @@ class TrainConfig:
     # run
     folds: tuple[int, ...] = ()  # folds to train now; () = all. The cache is written once all folds exist
     seed: int = 42
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    device: str = "auto"  # auto (this rank's GPU if there is one) | cpu | cuda | cuda:<k>
     threads: int = 0  # torch threads; 0 = the CPU cores this process may use
-    dvclive: bool = True  # per-epoch metrics under metrics/train/<name>/
+    dvclive: bool = True  # per-epoch metrics under models/<name>/live/
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights (``folds`` and ``threads`` excluded)."""
-        d = dataclasses.asdict(self)
-        for k in ("folds", "threads", "dvclive", "name"):
-            d.pop(k)
-        return sha256_json(d)
+    RUN_KEYS: ClassVar[tuple] = ("folds", "threads", "dvclive", "device", "eval_batch_size")
+    RENAMED: ClassVar[dict] = {"amp": "'precision' (auto | bf16 | fp16 | fp32)"}
 
 
 def validate(cfg: TrainConfig, where: str) -> TrainConfig:
@@ -115,10 +112,14 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
         raise StackError(f"{where}: ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.swa and not 1 <= cfg.swa_start_epoch <= cfg.epochs:
         raise StackError(f"{where}: swa_start_epoch {cfg.swa_start_epoch} is outside epochs 1..{cfg.epochs}")
+    try:
+        pooling_spec(cfg).check(trainable=True)
+    except ValueError as e:
+        raise StackError(f"{where}: {e}") from None
     return cfg
 
 
-def load_train_config(name: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read ``configs/train/<name>.yaml``; ``overrides`` are ``key=value`` strings applied on top."""
-    path = paths.train_config(name)
-    return validate(build(TrainConfig, read_named(path, name, overrides, "training config"), str(path)), str(path))
+def pooling_spec(cfg):
+    from stack.backbones.pooling import PoolingSpec
+
+    return PoolingSpec(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))

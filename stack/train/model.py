@@ -1,8 +1,9 @@
 """Backbone + pooling + regression head, and the backbone surgery fine-tuning needs.
 
     from stack.train.model import build_model
-    tokenizer, model = build_model(cfg)              # cfg: TrainConfig
+    tokenizer, model = build_model(cfg, backbone)    # cfg: TrainConfig, backbone: BackboneConfig
     preds, feats = model(input_ids, attention_mask)  # (b, 6), (b, model.out_dim)
+    tokenizer, model = model_from_folder(cfg, folder)  # the architecture saved beside the fold weights, no weights
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stack.backbones.pooling import Pooler
 from stack.errors import StackError
 from stack.schema import TARGETS
-from stack.train.pooling import make_pooling
 
 HEAD_BIAS = 3.0  # FB3 scores centre near 3 on the 1-5 scale: start the head there, not at 0
 
@@ -20,12 +21,12 @@ HEAD_BIAS = 3.0  # FB3 scores centre near 3 on the 1-5 scale: start the head the
 class Regressor(nn.Module):
     """``backbone`` (a transformers encoder) -> ``pooling`` -> dropout -> linear head with ``n_out`` outputs."""
 
-    def __init__(self, backbone: nn.Module, pooling: str, head_dropout: float = 0.0, msd_samples: int = 1,
+    def __init__(self, backbone: nn.Module, pooling, head_dropout: float = 0.0, msd_samples: int = 1,
                  n_out: int = len(TARGETS)):
         super().__init__()
         hidden = backbone.config.hidden_size
         self.backbone = backbone
-        self.pool = make_pooling(pooling, hidden, backbone.config.num_hidden_layers)
+        self.pool = Pooler(pooling, hidden, backbone.config.num_hidden_layers + 1)
         self.out_dim = self.pool.out_dim
         self.dropout = nn.Dropout(head_dropout)
         self.msd_samples = msd_samples
@@ -78,29 +79,13 @@ def set_dropout(module: nn.Module, p: float) -> None:
             m.p = p
 
 
-def backbone_config(cfg):
-    """The ModelConfig that ``cfg.backbone`` names; it must be a transformer (kind: backbone)."""
-    from stack import paths
-    from stack.config import load_model_config, read_yaml
-
-    path = paths.model_config(cfg.backbone)
-    kind = read_yaml(path).get("kind", "backbone") if path.is_file() else "backbone"
-    if kind != "backbone":
-        raise StackError(f"configs/train/{cfg.name}.yaml: backbone {cfg.backbone!r} is a {kind} config, not a "
-                         "transformer; name a configs/models/ entry with a backbone/path/packaged key")
-    return load_model_config(cfg.backbone)
-
-
-def load_train_backbone(cfg):
-    """(tokenizer, backbone) for a TrainConfig: configs/models/<backbone>.yaml resolves the weights."""
-    from stack.backbones.loading import load_backbone
-
-    tokenizer, backbone = load_backbone(backbone_config(cfg))
+def _adapt(cfg, tokenizer, backbone, where: str):
+    """The surgery every fine-tuned backbone gets: position check, paragraph token, no pooler, dropout."""
     limit = position_limit(backbone.config)
     if limit is not None and cfg.max_len > limit:
-        raise StackError(f"configs/train/{cfg.name}.yaml: max_len {cfg.max_len} exceeds the {limit} positions of "
-                         f"backbone {cfg.backbone!r}; set max_len <= {limit}")
-    if cfg.paragraph == "token":
+        raise StackError(f"{where}: max_len {cfg.max_len} exceeds the {limit} positions of the backbone; "
+                         f"set max_len <= {limit}")
+    if cfg.paragraph == "token" and cfg.paragraph_token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [cfg.paragraph_token]})
         backbone.resize_token_embeddings(len(tokenizer))
     if getattr(backbone, "pooler", None) is not None:
@@ -109,11 +94,35 @@ def load_train_backbone(cfg):
     return tokenizer, backbone
 
 
-def build_model(cfg):
-    """(tokenizer, Regressor) for a TrainConfig, weights as pretrained (head freshly initialised)."""
-    tokenizer, backbone = load_train_backbone(cfg)
+def _regressor(cfg, tokenizer, backbone, where: str):
+    from stack.train.config import pooling_spec
+
     try:
-        model = Regressor(backbone, cfg.pooling, cfg.head_dropout, cfg.msd_samples)
+        model = Regressor(backbone, pooling_spec(cfg), cfg.head_dropout, cfg.msd_samples)
     except ValueError as e:
-        raise StackError(f"configs/train/{cfg.name}.yaml: {e}") from None
+        raise StackError(f"{where}: {e}") from None
     return tokenizer, model
+
+
+def build_model(cfg, backbone_cfg, where: str = ""):
+    """(tokenizer, Regressor) for a TrainConfig, weights as pretrained (head freshly initialised)."""
+    from stack.backbones.loading import load_backbone
+
+    tokenizer, backbone = load_backbone(backbone_cfg)
+    return _regressor(cfg, *_adapt(cfg, tokenizer, backbone, where), where)
+
+
+def save_architecture(tokenizer, model, folder) -> None:
+    """The tokenizer and the backbone's config (no weights) into ``folder``: with a fold's weights, all that
+    scoring needs, offline."""
+    tokenizer.save_pretrained(folder)
+    model.backbone.config.save_pretrained(folder)
+
+
+def model_from_folder(cfg, folder, where: str = ""):
+    """(tokenizer, Regressor with random weights) from ``save_architecture``'s folder: load a fold's weights next."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True)).float()
+    return _regressor(cfg, *_adapt(cfg, tokenizer, backbone, where), where)

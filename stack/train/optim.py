@@ -57,8 +57,11 @@ def make_optimizer(model, cfg) -> torch.optim.AdamW:
 
 def make_scheduler(optimizer, cfg, n_steps: int):
     """Warm-up over ``cfg.warmup * n_steps`` optimiser steps, then cosine / linear decay or constant."""
-    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
-                              get_linear_schedule_with_warmup)
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     warm = int(round(cfg.warmup * n_steps))
     if cfg.scheduler == "cosine":
@@ -86,7 +89,7 @@ def prepare_backbone(model, cfg) -> None:
     layers = encoder_layers(model.backbone)
     n = len(layers)
     if cfg.reinit_layers + cfg.freeze_layers > n:
-        raise StackError(f"configs/train/{cfg.name}.yaml: reinit_layers {cfg.reinit_layers} + freeze_layers "
+        raise StackError(f"configs/members/{cfg.name}.yaml: reinit_layers {cfg.reinit_layers} + freeze_layers "
                          f"{cfg.freeze_layers} exceed the backbone's {n} layers")
     std = getattr(model.backbone.config, "initializer_range", 0.02)
     for layer in list(layers)[n - cfg.reinit_layers :] if cfg.reinit_layers else []:

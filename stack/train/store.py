@@ -1,13 +1,14 @@
-"""Fold artifacts of fine-tuning under ``models/<name>/fold<k>/``: weights, outputs, resolved config.
+"""Fold artifacts of fine-tuning under ``<member folder>/fold<k>/`` (``models/<name>/`` in the project, a
+bundle's ``members/<name>/``): weights, outputs, resolved config.
 
 ``model.safetensors`` (all Regressor weights), ``config.json`` (resolved config, history), and last
 ``outputs.safetensors`` (validation/test predictions and features, with the essay ids and the fold hash in
 its metadata): a fold is finished exactly when ``outputs.safetensors`` exists with the current hash.
 Every file is written to a temp name and renamed; only safetensors, never pickles.
 
-    save_fold("minilm-ft", 0, model, outputs, config, fold_hash)
-    out = load_outputs("minilm-ft", 0, fold_hash)     # None unless finished with this hash
-    tokenizer, model, cfg = load_fold_model("minilm-ft", 0)
+    save_fold(folder, 0, model, outputs, config, fold_hash)
+    out = load_outputs(folder, 0, fold_hash)     # None unless finished with this hash
+    load_weights(model, folder, 0)
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from stack import paths
 from stack.cache import atomic_write
 
 WEIGHTS, OUTPUTS, CONFIG = "model.safetensors", "outputs.safetensors", "config.json"
 ARRAYS = ("valid_pred", "valid_feats", "test_pred", "test_feats")
 
 
-def save_fold(name: str, fold: int, model, outputs: dict, config: dict, fold_hash: str) -> Path:
+def fold_dir(member_folder: Path, fold: int) -> Path:
+    return Path(member_folder) / f"fold{fold}"
+
+
+def save_fold(member_folder: Path, fold: int, model, outputs: dict, config: dict, fold_hash: str) -> Path:
     """``outputs``: the four ARRAYS (float32, ``(n, 6)`` / ``(n, d)``) plus ``valid_ids`` and ``test_ids`` lists."""
-    folder = paths.fold_dir(name, fold)
+    folder = fold_dir(member_folder, fold)
     (folder / OUTPUTS).unlink(missing_ok=True)  # not finished until the new outputs land
     atomic_write(folder / WEIGHTS, lambda p: save_model(model, str(p)))
     atomic_write(folder / CONFIG, lambda p: p.write_text(json.dumps({**config, "hash": fold_hash}, indent=2, sort_keys=True, default=str)))
@@ -40,9 +44,9 @@ def save_fold(name: str, fold: int, model, outputs: dict, config: dict, fold_has
     return folder
 
 
-def load_outputs(name: str, fold: int, fold_hash: str) -> dict | None:
+def load_outputs(member_folder: Path, fold: int, fold_hash: str) -> dict | None:
     """The fold's outputs (numpy arrays + id lists) if it finished with ``fold_hash``, else None."""
-    path = paths.fold_dir(name, fold) / OUTPUTS
+    path = fold_dir(member_folder, fold) / OUTPUTS
     if not path.is_file():
         return None
     try:
@@ -60,22 +64,15 @@ def load_outputs(name: str, fold: int, fold_hash: str) -> dict | None:
     return out
 
 
-def load_fold_model(name: str, fold: int):
-    """(tokenizer, Regressor in eval mode, TrainConfig) rebuilt from a fold's saved config and weights."""
-    from stack.config import build
+def load_weights(model, member_folder: Path, fold: int, hint: str):
+    """Load fold ``fold``'s saved weights into ``model`` (a Regressor of the same architecture); -> model."""
     from stack.errors import StackError
-    from stack.train.config import TrainConfig
-    from stack.train.model import build_model
 
-    folder = paths.fold_dir(name, fold)
-    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
-        raise StackError(f"{folder}: no trained fold here; run `stack train {name}`")
-    cfg = build(TrainConfig, json.loads((folder / CONFIG).read_text())["train"], str(folder / CONFIG))
-    tokenizer, model = build_model(cfg)
-    load_model(model, str(folder / WEIGHTS))
-    return tokenizer, model.eval(), cfg
-
-
-def live_dir(name: str) -> Path:
-    """DVCLive folder of a training run: ``metrics.json`` (latest per fold) and ``plots/metrics/fold<k>/``."""
-    return paths.METRICS / "train" / paths.check_name(name)
+    path = fold_dir(member_folder, fold) / WEIGHTS
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {hint}")
+    try:
+        load_model(model, str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise StackError(f"{path}: unreadable or not this model's weights ({str(e).splitlines()[0][:80]}); {hint}") from None
+    return model.eval()

@@ -1,0 +1,35 @@
+"""Stage two's keys (params.yaml ``blend:``), owned here so that editing them reruns only ``blend`` and ``report``.
+
+    from stack.blend.config import load_blend_config
+    cfg = load_blend_config(params)        # params: stack.config.Params
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stack.config import PARAMS, build
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    models: tuple[str, ...] = ()  # members to blend; [] = every member in params.yaml `members`
+    method: str = "ridge"  # the blend written to submission.csv
+    features: str = "preds"  # emb | preds (both only for method stack: one blender must not see both)
+    compare: tuple[str, ...] = ("ridge", "hill", "nelder-mead", "stack")  # also scored, for metrics/cv.json
+    negative: bool = False  # hill / nelder-mead may give a member a negative weight
+    bounds: tuple[float, ...] | None = None  # nelder-mead weight bounds [low, high]
+    svr_scaling: str = "standard"  # standard | l2
+    round: bool = False  # try rounding to the 0.5 grid; applied only if nested CV improves
+    lgbm_n_jobs: int = 2
+    bootstrap: int = 1000  # resamples for the 95% intervals in metrics/cv.json (0 = none)
+
+
+def load_blend_config(params) -> BlendConfig:
+    return build(BlendConfig, params.blend or {}, f"{PARAMS}: blend")
+
+
+def blend_models(params, cfg: BlendConfig | None = None) -> list[str]:
+    """The members ``stack blend`` uses by default: ``blend.models``, else every member."""
+    cfg = cfg or load_blend_config(params)
+    return list(cfg.models or params.members)

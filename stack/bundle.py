@@ -1,0 +1,190 @@
+"""``stack export DIR``: a self-contained bundle of the trained stack, and loading one to score essays anywhere
+(an offline Kaggle notebook, a researcher's laptop) with no repository, no params.yaml and no hub.
+
+    bundle/
+      manifest.json        format, versions, members, CV table, every file's SHA-256 and size
+      README.md            how to use it
+      blend/blender.{json,safetensors}
+      members/<name>/member.json + heads.{json,safetensors} | fold<k>/model.safetensors + backbone/ (tokenizer,
+                           config.json, and for frozen members the weights as model.safetensors)
+
+A bundle is data, never code: arrays in safetensors, everything else JSON; no pickle anywhere. Loading checks the
+format, then every file against the manifest (a missing, edited, truncated or unlisted file is refused by name)
+before anything is read, and loads transformer weights from safetensors only.
+
+    stack export bundle/                  # after `dvc repro` (or `stack blend`)
+    stack predict --bundle bundle/ --input essays.csv --out scores.csv
+    Scorer.load("bundle/").score(df)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+from stack import paths
+from stack.errors import StackError
+
+FORMAT = "stack-bundle/1"
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import sklearn
+    import torch
+    import transformers
+
+    import stack
+
+    return {"stack": stack.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "scikit-learn": sklearn.__version__}
+
+
+def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, by_reference: bool = False) -> dict:
+    """Write the bundle of the project's saved blend and the members it uses into ``out`` (must not exist, or be
+    empty); -> the manifest. ``keep_folds``: every fold head and fine-tuned fold outputs, not only what scoring
+    needs; ``drop_zero``: leave out members the blend weights at zero; ``by_reference``: packaged backbones are
+    referenced (their package must be installed where the bundle is used) instead of copied."""
+    from stack.blend.persist import check_blend, load_blend, prune_zero, save_blend
+    from stack.cache import write_json
+    from stack.members.registry import spec_from_json
+    from stack.members.run import MEMBER_JSON, read_member_json
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise StackError(f"{out}: not empty; export into a new folder")
+    fitted = load_blend()
+    if drop_zero:
+        fitted = prune_zero(fitted)
+    metas = {m: read_member_json(paths.member_dir(m)) for m in fitted.layout.models}
+    check_blend(fitted, {"models": {m: meta["config"] for m, meta in metas.items()}})
+    tmp = out.with_name(f".{out.name}.tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for name, meta in metas.items():
+            src, dst = paths.member_dir(name), tmp / "members" / name
+            spec = spec_from_json(meta["config_json"], src, str(src / MEMBER_JSON))
+            dst.mkdir(parents=True)
+            changes = spec.kind.export(spec, src, dst, keep_folds, by_reference)
+            if changes:
+                meta = {**meta, "config_json": {**meta["config_json"], "backbone": {**meta["config_json"]["backbone"], **changes}}}
+            write_json(dst / MEMBER_JSON, meta)
+        save_blend(fitted, tmp / "blend")
+        manifest = _manifest(tmp, fitted, metas, keep_folds)
+        (tmp / "README.md").write_text(_readme(manifest), encoding="utf-8")
+        manifest["files"] = _listing(tmp)
+        write_json(tmp / MANIFEST, manifest)
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _manifest(root: Path, fitted, metas: dict, keep_folds: bool) -> dict:
+    cv = json.loads(paths.cv_metrics().read_text()) if paths.cv_metrics().is_file() else {}
+    return {
+        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
+        "keep_folds": keep_folds,
+        "blend": {"method": fitted.method, "features": fitted.layout.features, "cv": fitted.cv},
+        "members": {m: {"kind": meta["kind"], "fingerprint": meta["config"], "cv": meta["cv"]["mcrmse"]}
+                    for m, meta in metas.items()},
+        "cv_table": {"single": {m: s["mcrmse"] for m, s in cv.get("single", {}).items()},
+                     "blend_nested": cv.get("blend", {}).get("mcrmse"), "blend_ci95": cv.get("blend", {}).get("ci95")},
+    }
+
+
+def _listing(root: Path) -> dict:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {p.relative_to(root).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}
+
+
+def _readme(manifest: dict) -> str:
+    members = "\n".join(f"| `{m}` | {v['kind']} | {v['cv']:.4f} |" for m, v in manifest["members"].items())
+    blend = manifest["blend"]
+    return f"""# A trained `stack` bundle
+
+Scores English-language-learner essays on six traits (cohesion, syntax, vocabulary, phraseology, grammar,
+conventions; 1.0-5.0). Made by stack {manifest['versions']['stack']} on {manifest['created']}.
+
+```bash
+pip install stack  # the same major version: {manifest['versions']['stack']}
+stack predict --bundle THIS_FOLDER --input essays.csv --out scores.csv     # CSV with text_id, full_text
+```
+
+```python
+from stack import Scorer
+scorer = Scorer.load("THIS_FOLDER")
+scorer.score(["essay one ...", "essay two ..."])   # DataFrame: text_id + six traits, in input order
+```
+
+No internet is needed. Every file's SHA-256 is in manifest.json and is checked on load; the bundle holds no pickle.
+
+| member | kind | 5-fold CV MCRMSE |
+|---|---|---|
+{members}
+
+Blend: `{blend['method']}` on {blend['features']}, nested CV {blend['cv'].get('nested', float('nan')):.4f}.
+"""
+
+
+def verify(folder: Path) -> dict:
+    """The bundle's manifest, after checking its format and every file (missing, edited or unlisted)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {folder} is not a bundle written by `stack export`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StackError(f"{path}: unreadable JSON; re-export the bundle") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise StackError(f"{path}: bundle format {got!r}, this stack reads {FORMAT!r}; re-export it with this "
+                         "version's `stack export`")
+    listed = manifest.get("files", {})
+    for rel, want in listed.items():
+        file = folder / rel
+        if not file.is_file():
+            raise StackError(f"{file}: missing (listed in {MANIFEST}); copy the whole bundle again")
+        if file.stat().st_size != want["bytes"] or sha256(file) != want["sha256"]:
+            raise StackError(f"{file}: differs from {MANIFEST} (edited or truncated); re-export or copy it again")
+    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
+                   and p.relative_to(folder).as_posix() not in listed)
+    if extra:
+        raise StackError(f"{folder / extra[0]}: not part of this bundle (not in {MANIFEST}); remove it")
+    return manifest
+
+
+def load_bundle(folder: Path):
+    """A Scorer from a verified bundle."""
+    from stack.blend.persist import check_blend, load_blend
+    from stack.members.run import load_scorer
+    from stack.scorer import Scorer
+
+    folder = Path(folder)
+    manifest = verify(folder)
+    fitted = load_blend(folder / "blend")
+    members = {}
+    for name in fitted.layout.models:
+        member_folder = folder / "members" / name
+        if not member_folder.is_dir():
+            raise StackError(f"{member_folder}: missing; the blend needs member {name!r}; re-export the bundle")
+        members[name] = load_scorer(member_folder, strict=True)
+    check_blend(fitted, {"models": {m: s.fingerprint for m, s in members.items()}}, str(folder / MANIFEST))
+    scorer = Scorer(fitted, members, str(folder))
+    scorer.manifest = manifest
+    return scorer

@@ -1,0 +1,142 @@
+"""``kind: frozen``: a transformer's hidden states, pooled over whole essays, with a ridge head per fold.
+
+The backbone never sees a label, so its embeddings are computed once per essay: they are kept by essay content
+(stack.members.store), and a new test set costs only its new essays. See stack.backbones.embedder for how essays
+are chunked, batched and run (bf16 where native, packed weights, CPU attention), and stack.backbones.pooling for
+the pooling keys.
+
+    stack fit mpnet                                   # configs/members/mpnet.yaml
+    stack fit mpnet --set layers=[-1] --set pooling=[mean,max] --set backbone.path=/data/mpnet
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from stack import runtime
+from stack.config import sha256_json
+from stack.errors import StackError
+from stack.heads.ridge import Ridge
+from stack.members.featurized import FeaturizedKind
+from stack.members.registry import register
+
+BACKBONE = "backbone"  # a bundle's copy of the weights, beside member.json
+EMBED_KEYS = ("max_len", "stride", "truncate", "pooling", "layers", "layer_mode", "layer_weights", "precision")
+
+
+@dataclass(frozen=True)
+class FrozenConfig:
+    name: str = ""
+    kind: str = "frozen"
+    backbone: str = ""  # a name under configs/backbones/ (or inline keys: {path: DIR})
+    max_len: int = 512  # tokens per chunk, specials included
+    stride: int = 64  # tokens shared by consecutive chunks of a long essay
+    truncate: bool = False  # True: only the first max_len tokens of each essay
+    pooling: tuple[str, ...] = ("mean",)  # token poolings side by side (stack.backbones.pooling)
+    layers: tuple[int, ...] = (-1,)  # hidden-state indices: 0 = embeddings, -1 = last layer; [] = all
+    layer_mode: str = "concat"  # concat | mean | weighted (fixed layer_weights)
+    layer_weights: tuple[float, ...] = ()
+    batch_size: int = 32
+    precision: str = "auto"  # auto (bf16 where native, if it matches fp32 on a sample) | bf16 | fp16 (CUDA) | fp32
+    device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda | cuda:<k>
+    threads: int = 0  # intra-op threads on the CPU; 0 = every core this process may use
+    shard_size: int = 512  # essays embedded and stored at a time (memory bound, resume granularity)
+    head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+
+    RUN_KEYS: ClassVar[tuple] = ("device", "threads", "shard_size", "batch_size")
+    RENAMED: ClassVar[dict] = {"dtype": "'precision'", "path": "'backbone.path' (in configs/backbones/)",
+                               "packaged": "'backbone.packaged' (in configs/backbones/)"}
+
+
+def pooling_spec(cfg):
+    from stack.backbones.pooling import PoolingSpec
+
+    return PoolingSpec(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))
+
+
+def embedding_key(spec) -> str:
+    """What decides a stored embedding: where the weights come from and how essays are chunked and pooled."""
+    cfg = spec.cfg
+    return sha256_json({"backbone": spec.backbone.source(), **{k: getattr(cfg, k) for k in EMBED_KEYS}})
+
+
+@register
+class Frozen(FeaturizedKind):
+    name = "frozen"
+    config = FrozenConfig
+    uses_backbone = True
+
+    def check(self, spec) -> None:
+        cfg = spec.cfg
+        try:
+            pooling_spec(cfg).check(trainable=False)
+        except ValueError as e:
+            raise StackError(f"{spec.where}: {e}") from None
+        runtime.precision(cfg.precision, runtime.device(cfg.device, spec.where), spec.where)
+        limit = spec.backbone.max_positions
+        if limit is not None and cfg.max_len > limit:
+            raise StackError(f"{spec.where}: max_len {cfg.max_len} exceeds the {limit} positions of backbone "
+                             f"{spec.backbone.name!r}; set max_len <= {limit}")
+
+    def head(self, spec):
+        return lambda: Ridge(alphas=spec.cfg.head_alphas)
+
+    def features(self, spec, texts, store):
+        from stack.members.store import EmbeddingStore, text_hash
+
+        if store is None:
+            return self._embed(spec, texts, self._load(spec))[0], {}
+        store = EmbeddingStore(store, embedding_key(spec))
+        hashes = [text_hash(t) for t in texts]
+        todo = store.missing(hashes)
+        if todo:
+            first = {h: t for h, t in zip(reversed(hashes), reversed(texts))}
+            self._embed(spec, [first[h] for h in todo], self._load(spec), store.precision,
+                        on_shard=lambda rows, emb, prec: store.add([todo[i] for i in rows], emb, prec))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        info = {"essays": len(texts), "embedded": len(todo), "reused": len(set(hashes)) - len(todo),
+                "precision": store.precision, "peak_rss_mb": peak, "extra": {"precision": store.precision}}
+        return store.get(hashes), info
+
+    def _load(self, spec, strict: bool = False):
+        from stack.backbones.loading import load_backbone
+
+        return load_backbone(spec.backbone, safetensors_only=strict)
+
+    def _embed(self, spec, texts, loaded, precision=None, on_shard=None):
+        from tqdm.auto import tqdm
+
+        from stack.backbones.chunks import count_chunks, encode
+        from stack.backbones.embedder import embed_texts
+
+        tokenizer, model = loaded
+        cfg = spec.cfg
+        encoded = encode(texts, tokenizer)
+        total = count_chunks(encoded, tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+        with tqdm(total=total, desc=f"embed {spec.name}", unit="chunk", mininterval=2, disable=len(texts) < 64) as bar:
+            return embed_texts(texts, tokenizer, model, cfg, spec.where, precision, bar.update, on_shard, encoded)
+
+    def featurizer(self, spec, folder: Path, strict: bool):
+        loaded = []
+
+        def featurize(texts):
+            loaded[:] = loaded or [self._load(spec, strict)]
+            return self._embed(spec, texts, loaded[0])[0]
+
+        return featurize
+
+    def export(self, spec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
+        """The heads, and the backbone's tokenizer + weights as safetensors in ``dst/backbone/`` -- or, with
+        ``by_reference`` and a packaged backbone, a reference to its package."""
+        from stack.backbones.loading import packaged_folder
+
+        super().export(spec, src, dst, keep_folds, by_reference)
+        if by_reference and spec.backbone.packaged and not spec.backbone.path and packaged_folder(spec.backbone.packaged):
+            return {}
+        tokenizer, model = self._load(spec)
+        model.save_pretrained(dst / BACKBONE, safe_serialization=True)
+        tokenizer.save_pretrained(dst / BACKBONE)
+        return {"path": BACKBONE, "packaged": None}

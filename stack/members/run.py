@@ -1,0 +1,96 @@
+"""``stack fit NAME``: any member, through its kind -> ``cache/<name>/`` (OOF/test frames + fingerprint) and
+``models/<name>/`` (``member.json`` + what its kind saved to score new essays); and reloading that to score.
+
+    stack fit mpnet                         # configs/members/mpnet.yaml
+    stack fit base --set epochs=1 --set folds=[0]
+    scorer = load_scorer(Path("models/mpnet"))
+    preds, emb = scorer.score(["An essay ...", ...])       # (n, 6), (n, d) or None
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stack import cache, paths, runtime
+from stack.errors import StackError
+from stack.metrics import mcrmse
+from stack.schema import ID, TEXT
+
+MEMBER_JSON = "member.json"
+
+
+def fit_member(name: str, params, overrides: list[str] | None = None) -> dict:
+    """Fit member ``name`` on the folds; write its cache once every fold is done. -> CV and what its kind reports."""
+    from stack.members.registry import load_member
+    from stack.stages import load_context
+
+    spec = load_member(name, overrides)
+    ctx = load_context(params)
+    t0 = time.perf_counter()
+    folder = paths.member_dir(name)
+    fitted = spec.kind.fit(spec, ctx, folder)
+    result = {"member": name, "kind": spec.kind.name, "seconds": time.perf_counter() - t0, **fitted.info}
+    if fitted.oof is None:
+        return {**result, "pending": fitted.pending}
+    score, per_target = mcrmse(ctx.y, fitted.oof)
+    cv = {"mcrmse": score, "per_target": per_target}
+    if not runtime.is_main():  # under torchrun only rank 0 writes
+        return {**result, **cv, "pending": []}
+    meta = cache.member_meta(name, spec.kind.name, spec.fingerprint(), spec.config_json(), ctx, cv, fitted.extra)
+    cache.write_json(folder / MEMBER_JSON, meta)  # before the cache: a cache on disk always has its scorer
+    cache.write_member(name, cache.frame(ctx.train[ID], fitted.oof, fitted.emb),
+                       cache.frame(ctx.test[ID], fitted.test, fitted.emb_test), meta)
+    cache.write_json(paths.member_metrics(name), {"mcrmse": score, **per_target})
+    return {**result, **cv, "pending": []}
+
+
+def read_member_json(folder: Path) -> dict:
+    path = folder / MEMBER_JSON
+    hint = f"run `stack fit {folder.name}` (or `dvc repro`)"
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {hint}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StackError(f"{path}: unreadable JSON; {hint}") from None
+    if not isinstance(meta, dict) or "config_json" not in meta or "kind" not in meta:
+        raise StackError(f"{path}: not a member saved by this version of stack; {hint}")
+    return meta
+
+
+@dataclass
+class MemberScorer:
+    """A fitted member loaded to score new essays."""
+
+    name: str
+    meta: dict  # member.json: fingerprint, kind, resolved config, CV
+    score_fn: object
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["config"]
+
+    def score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions ``(n, 6)`` and embeddings ``(n, d)`` (None for kinds without) of ``texts``."""
+        preds, emb = self.score_fn(list(texts))
+        return np.asarray(preds, np.float64), emb
+
+    def frame(self, essays):
+        """DataFrame[text_id, pred_* x 6, emb_*] of ``essays`` (text_id, full_text)."""
+        preds, emb = self.score(essays[TEXT].tolist())
+        return cache.frame(essays[ID].to_numpy(), preds, emb)
+
+
+def load_scorer(folder: Path, strict: bool = False) -> MemberScorer:
+    """The member saved in ``folder`` (models/<name>/ or a bundle's members/<name>/), ready to score essays."""
+    from stack.members.registry import spec_from_json
+
+    folder = Path(folder)
+    meta = read_member_json(folder)
+    spec = spec_from_json(meta["config_json"], folder, str(folder / MEMBER_JSON))
+    return MemberScorer(spec.name, meta, spec.kind.scorer(spec, folder, strict))

@@ -1,0 +1,73 @@
+"""Score essays with a trained stack: the saved blend and the members it uses, from the project's ``models/``
+or from a bundle written by ``stack export`` (no repository, no params.yaml needed).
+
+    from stack import Scorer
+    scorer = Scorer.load("bundle/")                     # or Scorer.from_project() inside the repository
+    scorer.score(["essay one ...", "essay two ..."])     # -> DataFrame: text_id + six traits, input order
+    scorer.score(df)                                     # text_id + full_text; extra columns ignored
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from stack import paths
+from stack.errors import StackError
+from stack.schema import ID, TEXT
+
+
+class Scorer:
+    """A fitted blend and its members' scorers (stack.members.run.MemberScorer), ready for new essays."""
+
+    def __init__(self, blend, members: dict, source: str):
+        self.blend, self.members, self.source = blend, members, source
+
+    @classmethod
+    def from_project(cls, models: list[str] | None = None, root: Path = Path(".")) -> Scorer:
+        """The saved blend under ``models/blend/`` and its members under ``models/<name>/``."""
+        from stack.blend.persist import check_blend, load_blend
+        from stack.members.run import load_scorer
+
+        fitted = load_blend(root / paths.blend_dir())
+        need = list(fitted.layout.models)
+        models = list(models or need)
+        extra = [m for m in models if m not in need]
+        if extra:
+            raise StackError(f"the saved blend was fitted on {', '.join(need)}, not on {extra[0]!r}; "
+                             f"pass --models {','.join(need)} or rerun `stack blend` with it")
+        missing = [m for m in need if m not in models]
+        if missing:
+            raise StackError(f"the saved blend needs member {missing[0]!r} too (it was fitted on {', '.join(need)}); "
+                             f"pass --models {','.join(need)}")
+        members = {}
+        for name in need:
+            folder = root / paths.member_dir(name)
+            if not folder.is_dir():
+                raise StackError(f"member {name!r} has no saved model under {folder}; run `stack fit {name}` "
+                                 "(or `dvc repro`)")
+            members[name] = load_scorer(folder)
+        check_blend(fitted, {"models": {m: s.fingerprint for m, s in members.items()}})
+        return cls(fitted, members, str(root / paths.MODELS))
+
+    @classmethod
+    def load(cls, folder) -> Scorer:
+        """A bundle written by ``stack export``: its manifest is checked first (versions, file hashes)."""
+        from stack.bundle import load_bundle
+
+        return load_bundle(Path(folder))
+
+    def score(self, essays) -> pd.DataFrame:
+        """Scores ``DataFrame[text_id, *TARGETS]`` of ``essays`` (a list of texts, or a DataFrame with text_id and
+        full_text), in input order, clipped to [1, 5]."""
+        from stack.blend.persist import predict_blend
+        from stack.data import essays_frame
+
+        if isinstance(essays, pd.DataFrame):
+            frame = essays_frame(essays, "essays")
+        else:
+            texts = [essays] if isinstance(essays, str) else list(essays)
+            frame = essays_frame(pd.DataFrame({ID: [str(i) for i in range(len(texts))], TEXT: texts}), "essays")
+        frames = {name: member.frame(frame) for name, member in self.members.items()}
+        return predict_blend(self.blend, frames)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from stack import paths
+from stack.cache import read_json
 from stack.errors import StackError
 
 FORMAT = "stack-bundle/1"
@@ -145,14 +146,9 @@ def verify(folder: Path) -> dict:
     """The bundle's manifest, after checking its format and every file (missing, edited or unlisted)."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
-        raise StackError(f"{path}: not found; {folder} is not a bundle written by `stack export`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise StackError(f"{path}: unreadable JSON; re-export the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
+    manifest = read_json(path, f"{folder} is not a bundle written by `stack export`")
+    if manifest.get("format") != FORMAT:
+        got = manifest.get("format")
         raise StackError(f"{path}: bundle format {got!r}, this stack reads {FORMAT!r}; re-export it with this "
                          "version's `stack export`")
     listed = manifest.get("files", {})

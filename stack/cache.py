@@ -45,6 +45,19 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def read_json(path: Path, hint: str) -> dict:
+    """A JSON mapping this project wrote; a missing or unreadable file is one line naming it, then ``hint``."""
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {hint}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise StackError(f"{path}: unreadable JSON; {hint}") from None
+    if not isinstance(obj, dict):
+        raise StackError(f"{path}: not a JSON mapping; {hint}")
+    return obj
+
+
 def write_json(path: Path, obj) -> Path:
     return atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"))
 

@@ -102,14 +102,11 @@ def save(obj, stem: Path, info: dict | None = None) -> list[Path]:
 
 
 def read_doc(stem: Path, hint: str) -> dict:
+    from stack.cache import read_json
+
     js, _ = files(stem)
-    if not js.is_file():
-        raise StackError(f"{js}: not found; {hint}")
-    try:
-        doc = json.loads(js.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise StackError(f"{js}: not a saved stack model (unreadable JSON); {hint}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    doc = read_json(js, hint)
+    if doc.get("format") != FORMAT:
         raise StackError(f"{js}: not a saved stack model of format {FORMAT}; {hint}")
     return doc
 

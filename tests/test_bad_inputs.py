@@ -133,7 +133,7 @@ CASES = [
     ("device-not-visible", lambda p: edit_yaml(MEMBER, lambda c: c.update(device="cuda:99")), ["fit", "minilm"], "minilm.yaml: device 'cuda:99', but"),
     ("fp16-on-the-cpu", lambda p: edit_yaml(MEMBER, lambda c: c.update(precision="fp16", device="cpu")), ["fit", "minilm"], "precision fp16 needs a CUDA device"),
     ("truncated-blender", lambda p: truncate("models/blend/blender.safetensors"), PREDICT, "models/blend/blender.safetensors: unreadable"),
-    ("corrupt-blender-json", lambda p: Path("models/blend/blender.json").write_text("{"), PREDICT, "models/blend/blender.json: not a saved stack model (unreadable JSON); run `stack blend`"),
+    ("corrupt-blender-json", lambda p: Path("models/blend/blender.json").write_text("{"), PREDICT, "models/blend/blender.json: unreadable JSON; run `stack blend`"),
     ("truncated-heads", lambda p: truncate("models/minilm/heads.safetensors"), PREDICT, "models/minilm/heads.safetensors: unreadable"),
     # names and files of earlier releases: one line naming what replaced them
     ("old-verb-embed", lambda p: None, ["embed", "minilm"], "`stack embed` is now `stack fit <member>` for frozen members too: run `stack fit minilm`"),

@@ -170,7 +170,7 @@ def test_a_pickle_under_the_safetensors_name_is_refused_unread(saved, monkeypatc
 @pytest.mark.parametrize("content, needle", [
     (b"\x80\x04\x95 pickled", "unreadable JSON"),
     (b'{"tree": []}', "not a saved stack model of format stack-state/1"),
-    (b"[1, 2]", "not a saved stack model of format stack-state/1"),
+    (b"[1, 2]", "not a JSON mapping"),
 ])
 def test_a_foreign_json_is_refused(saved, content, needle):
     js = saved.with_name("heads.json")

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +51,8 @@ def fit_member(name: str, params, overrides: list[str] | None = None) -> dict:
 def read_member_json(folder: Path) -> dict:
     path = folder / MEMBER_JSON
     hint = f"run `stack fit {folder.name}` (or `dvc repro`)"
-    if not path.is_file():
-        raise StackError(f"{path}: not found; {hint}")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise StackError(f"{path}: unreadable JSON; {hint}") from None
-    if not isinstance(meta, dict) or "config_json" not in meta or "kind" not in meta:
+    meta = cache.read_json(path, hint)
+    if "config_json" not in meta or "kind" not in meta:
         raise StackError(f"{path}: not a member saved by this version of stack; {hint}")
     return meta
 

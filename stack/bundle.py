@@ -71,6 +71,9 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
         fitted = prune_zero(fitted)
     metas = {m: read_member_json(paths.member_dir(m)) for m in fitted.layout.models}
     check_blend(fitted, {"models": {m: meta["config"] for m, meta in metas.items()}})
+    for name in list(metas):  # a head's input travels too, even if the blend does not weigh it
+        for inp in [metas[name]["input"]] if "input" in metas[name] else []:
+            metas.setdefault(inp, read_member_json(paths.member_dir(inp)))
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -169,18 +172,20 @@ def load_bundle(folder: Path):
     """A Scorer from a verified bundle."""
     from stack.blend.persist import check_blend, load_blend
     from stack.members.run import load_scorer
-    from stack.scorer import Scorer
+    from stack.scorer import Scorer, load_members
 
     folder = Path(folder)
     manifest = verify(folder)
     fitted = load_blend(folder / "blend")
-    members = {}
-    for name in fitted.layout.models:
-        member_folder = folder / "members" / name
-        if not member_folder.is_dir():
-            raise StackError(f"{member_folder}: missing; the blend needs member {name!r}; re-export the bundle")
-        members[name] = load_scorer(member_folder, strict=True)
-    check_blend(fitted, {"models": {m: s.fingerprint for m, s in members.items()}}, str(folder / MANIFEST))
+
+    def member_folder(name):
+        found = folder / "members" / name
+        if not found.is_dir():
+            raise StackError(f"{found}: missing; the blend needs member {name!r}; re-export the bundle")
+        return found
+
+    members = load_members(list(fitted.layout.models), member_folder, lambda f: load_scorer(f, strict=True))
+    check_blend(fitted, {"models": {m: members[m].fingerprint for m in fitted.layout.models}}, str(folder / MANIFEST))
     scorer = Scorer(fitted, members, str(folder))
     scorer.manifest = manifest
     return scorer

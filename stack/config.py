@@ -53,7 +53,12 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     members: tuple[str, ...] = ("minilm",)  # each has configs/members/<name>.yaml; DVC runs fit@<name> for each
+    heads: dict | None = None  # {name: input}: heads over another member's cache; DVC runs head@<name> after fit@<input>
     blend: dict | None = None
+
+    def all_members(self) -> list[str]:
+        """Every stage-one member: ``members``, then ``heads``."""
+        return [*self.members, *(self.heads or {})]
 
 
 def sha256_json(obj) -> str:
@@ -140,7 +145,11 @@ def load_params(path: Path = PARAMS) -> Params:
     old = [k for k in OLD_SECTIONS if k in raw]
     if old:
         raise StackError(f"{path}: section {old[0]!r} was renamed: {OLD_SECTIONS[old[0]]}")
-    return build(Params, raw, str(path))
+    params = build(Params, raw, str(path))
+    for name, source in (params.heads or {}).items():
+        if not isinstance(name, str) or not isinstance(source, str):
+            raise StackError(f"{path}: heads: expected `name: input member` pairs, got {name!r}: {source!r}")
+    return params
 
 
 def known_names(folder: Path) -> list[str]:

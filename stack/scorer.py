@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stack import paths
+from stack import cache, paths
 from stack.errors import StackError
 from stack.schema import ID, TEXT
 
@@ -41,14 +41,15 @@ class Scorer:
         if missing:
             raise StackError(f"the saved blend needs member {missing[0]!r} too (it was fitted on {', '.join(need)}); "
                              f"pass --models {','.join(need)}")
-        members = {}
-        for name in need:
-            folder = root / paths.member_dir(name)
-            if not folder.is_dir():
-                raise StackError(f"member {name!r} has no saved model under {folder}; run `stack fit {name}` "
+        def folder(name):
+            found = root / paths.member_dir(name)
+            if not found.is_dir():
+                raise StackError(f"member {name!r} has no saved model under {found}; run `stack fit {name}` "
                                  "(or `dvc repro`)")
-            members[name] = load_scorer(folder)
-        check_blend(fitted, {"models": {m: s.fingerprint for m, s in members.items()}})
+            return found
+
+        members = load_members(need, folder, load_scorer)
+        check_blend(fitted, {"models": {m: members[m].fingerprint for m in need}})
         return cls(fitted, members, str(root / paths.MODELS))
 
     @classmethod
@@ -69,5 +70,31 @@ class Scorer:
         else:
             texts = [essays] if isinstance(essays, str) else list(essays)
             frame = essays_frame(pd.DataFrame({ID: [str(i) for i in range(len(texts))], TEXT: texts}), "essays")
-        frames = {name: member.frame(frame) for name, member in self.members.items()}
-        return predict_blend(self.blend, frames)
+        frames = {}
+        for name, member in self.members.items():  # inputs come before the heads that read them
+            upstream = {i: frames[i][cache.emb_columns(frames[i])].to_numpy() for i in member.inputs}
+            frames[name] = member.frame(frame, upstream)
+        return predict_blend(self.blend, {m: frames[m] for m in self.blend.layout.models})
+
+
+def load_members(names: list[str], folder_of, load) -> dict:
+    """{name: MemberScorer} of ``names`` and, first, every member they read (a head's input), each loaded once with
+    ``load(folder_of(name))``; a head whose input changed since it was fitted is refused, naming both."""
+    members: dict = {}
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in members:
+            return
+        if name in chain:
+            raise StackError(f"members {' -> '.join((*chain, name))} read each other in a circle")
+        scorer = load(folder_of(name))
+        for inp in scorer.inputs:
+            visit(inp, (*chain, name))
+            if scorer.meta.get("input_config") != members[inp].fingerprint:
+                raise StackError(f"member {name!r} was fitted on another version of {inp!r} (its cache has changed "
+                                 f"since); run `stack fit {name}` (or `dvc repro`)")
+        members[name] = scorer
+
+    for name in names:
+        visit(name, ())
+    return members

@@ -132,6 +132,18 @@ def test_stage_two_code_and_defaults_leave_stage_one_alone(repo):
     assert stale(repo) == {"fit@features"}
 
 
+def test_a_head_runs_after_its_input_and_reruns_with_it_only(repo):
+    edit_yaml(repo / "params.yaml", heads={"minilm-krr": "minilm"})
+    edit_yaml(repo / "configs" / "members" / "minilm-krr.yaml", layers=[1, 2])
+    assert ran(dvc("repro", cwd=repo)) == {"folds", "fit@minilm", "head@minilm-krr", "blend", "report"}
+    cv = json.loads((repo / "metrics" / "cv.json").read_text())
+    assert cv["models"] == ["minilm", "minilm-krr"]  # blend.models [] = members + heads
+    edit_yaml(repo / "configs" / "members" / "minilm-krr.yaml", gamma_scales=[0.5, 1.0])
+    assert ran(dvc("repro", cwd=repo)) == {"head@minilm-krr", "blend", "report"}
+    edit_yaml(repo / "configs" / "members" / "minilm.yaml", pooling=["mean", "max"])
+    assert ran(dvc("repro", cwd=repo)) == {"fit@minilm", "head@minilm-krr", "blend", "report"}
+
+
 def test_gpu_path_base_and_large_then_blend_them(tmp_path, tiny_deberta_dir):
     """README's first example for GPU users, on CPU with tiny random DeBERTa folders standing in for the hub's
     deberta-v3-base and -large: `members: [base, large]`, `dvc repro`, `stack blend --models base,large`."""

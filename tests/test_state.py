@@ -21,6 +21,7 @@ from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.persist import FittedBlend, load_blend, predict_blend, save_blend
 from stack.blend.stacked import StackBlender
 from stack.errors import StackError
+from stack.heads.kernel_ridge import KernelRidge
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 from stack.members.tfidf import TfidfConfig, TfidfRidge, vectorizer_params
@@ -40,6 +41,7 @@ ESTIMATORS = [
     ("svr-standard", KernelSVR(scaling="standard"), X, X_NEW),
     ("svr-l2", KernelSVR(scaling="l2", C=3.0), X, X_NEW),
     ("svr-none", KernelSVR(scaling="none", gamma=0.05), X, X_NEW),
+    ("krr", KernelRidge(gamma_scales=(0.5, 1.0), alphas=(0.01, 0.1, 1.0)), X, X_NEW),
     ("lgbm", LGBMBlender(n_estimators=60, learning_rate=0.1, early_stopping_rounds=10, n_jobs=1), X, X_NEW),
     ("hill", HillClimbBlender(negative=True), X, X_NEW),
     ("nelder-mead", NelderMeadBlender(bounds=(-1.0, 2.0)), X, X_NEW),

@@ -136,6 +136,18 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def n_hidden_states(cfg) -> int:
+    """Hidden states the backbone returns (embeddings + each layer), from its config.json alone (no weights)."""
+    from transformers import AutoConfig
+
+    source, local = resolve_source(cfg)
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True).num_hidden_layers + 1
+    except (OSError, ValueError) as e:
+        raise StackError(f"backbone {cfg.name!r}: cannot read the config of {source!r} ({str(e).splitlines()[0][:120]}); "
+                         f"{_how_to_provide(cfg)}") from None
+
+
 def load_backbone(cfg, safetensors_only: bool = False, **model_kwargs):
     """(tokenizer, AutoModel) for ``cfg``; hub ids are read from the local HF cache first. ``safetensors_only``:
     refuse pickled weights (``pytorch_model.bin``), as scoring from a bundle does."""

@@ -13,7 +13,7 @@ from stack.config import PARAMS, build
 
 @dataclass(frozen=True)
 class BlendConfig:
-    models: tuple[str, ...] = ()  # members to blend; [] = every member in params.yaml `members`
+    models: tuple[str, ...] = ()  # members to blend; [] = every member in params.yaml `members` and `heads`
     method: str = "ridge"  # the blend written to submission.csv
     features: str = "preds"  # emb | preds (both only for method stack: one blender must not see both)
     compare: tuple[str, ...] = ("ridge", "hill", "nelder-mead", "stack")  # also scored, for metrics/cv.json
@@ -32,4 +32,4 @@ def load_blend_config(params) -> BlendConfig:
 def blend_models(params, cfg: BlendConfig | None = None) -> list[str]:
     """The members ``stack blend`` uses by default: ``blend.models``, else every member."""
     cfg = cfg or load_blend_config(params)
-    return list(cfg.models or params.members)
+    return list(cfg.models or params.all_members())

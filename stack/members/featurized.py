@@ -1,10 +1,11 @@
 """Kinds that turn essays into a feature matrix and cross-fit a head on the fixed folds (frozen transformers,
 TF-IDF, text statistics, grammar-error rates): the steps they share, written once.
 
-A subclass implements ``features(spec, texts, store) -> (X, info)`` and ``head(spec) -> factory``; ``fit``
-cross-fits the head, saves the fold heads as ``heads.{json,safetensors}`` (arrays, no pickle) and returns the
-predictions (and X as embeddings when ``emb_in_cache``); ``scorer`` reloads the heads and applies them to new
-essays' features (``store`` None: nothing is cached).
+A subclass implements ``features(spec, texts, store) -> (X, info)`` (or ``fit_features``, for kinds whose
+features are not computed from the texts) and ``head(spec) -> factory``; ``fit`` cross-fits the head, saves the
+fold heads as ``heads.{json,safetensors}`` (arrays, no pickle) and returns the predictions (and X as embeddings
+when ``emb_in_cache``); ``scorer`` reloads the heads and applies them to new essays' features (``store`` None:
+nothing is cached).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 
 from stack import paths, state
 from stack.heads.crossfit import cross_fit, predict_heads
-from stack.heads.ridge import Ridge
 from stack.members.registry import Fitted, Kind
 from stack.schema import TARGETS, TEXT
 
@@ -25,6 +25,8 @@ HEADS = "heads"
 
 def chosen_alphas(heads: list) -> dict[str, list[float]]:
     """Per target, the ridge alpha each fold's head chose."""
+    if not all(hasattr(h, "alpha_") for h in heads):
+        return {}
     per_fold = [np.broadcast_to(np.asarray(h.alpha_, float), (len(TARGETS),)) for h in heads]
     return {t: [float(a[i]) for a in per_fold] for i, t in enumerate(TARGETS)}
 
@@ -40,9 +42,10 @@ class FeaturizedKind(Kind):
         """-> a factory of unfitted heads (``fit(X, y (n, 6))``, ``predict(X) -> (m, 6)``, ``alpha_``)."""
         raise NotImplementedError
 
-    def fit(self, spec, ctx, folder: Path) -> Fitted:
-        # train and test essays are featurized apart, so that `stack predict` on the test CSV batches the test
-        # essays exactly as here and reproduces submission.csv
+    def fit_features(self, spec, ctx):
+        """-> (X of the training essays, X of the test essays, info). Train and test essays are featurized apart,
+        so that `stack predict` on the test CSV batches the test essays exactly as here (and reproduces
+        submission.csv)."""
         store = paths.embedding_store(spec.name)
         X, info = self.features(spec, ctx.train[TEXT].tolist(), store)
         X_test, info_test = self.features(spec, ctx.test[TEXT].tolist(), store)
@@ -50,6 +53,10 @@ class FeaturizedKind(Kind):
             if k in info:
                 info[k] += info_test[k]
         info["peak_rss_mb"] = info_test.get("peak_rss_mb")
+        return X, X_test, info
+
+    def fit(self, spec, ctx, folder: Path) -> Fitted:
+        X, X_test, info = self.fit_features(spec, ctx)
         n = len(ctx.train)
         X = np.concatenate([X, X_test])
         oof, test, heads = cross_fit(self.head(spec), X[:n], ctx.y, ctx.fold, X[n:])
@@ -57,29 +64,31 @@ class FeaturizedKind(Kind):
         grid = tuple(getattr(spec.cfg, "head_alphas", ()))
         alphas = chosen_alphas(heads)
         edge = sorted({a for fold in alphas.values() for a in fold if grid and a in (min(grid), max(grid))})
-        extra = {"head": {"alphas_grid": list(grid), "chosen": alphas}, **info.pop("extra", {})}
+        extra = {"head": {"alphas_grid": list(grid), "chosen": alphas} if alphas else {}, **info.pop("extra", {})}
         emb = X if self.emb_in_cache else None
         return Fitted(oof, test, None if emb is None else emb[:n], None if emb is None else emb[n:], extra,
                       {**info, "alphas_at_edge": edge})
 
     def featurizer(self, spec, folder: Path, strict: bool):
-        """-> ``texts -> X`` for scoring (a kind with weights to load overrides it to load them once)."""
-        return lambda texts: self.features(spec, texts, None)[0]
+        """-> ``(texts, upstream) -> X`` for scoring (``upstream``: the embeddings of the members this one reads; a
+        kind with weights to load overrides it to load them once)."""
+        return lambda texts, upstream: self.features(spec, texts, None)[0]
 
     def scorer(self, spec, folder: Path, strict: bool = False):
         heads = state.load(folder / HEADS, f"run `stack fit {spec.name}`")
         featurize = self.featurizer(spec, folder, strict)
 
-        def score(texts):
-            X = featurize(texts)
+        def score(texts, upstream=None):
+            X = featurize(texts, upstream or {})
             return predict_heads(heads, X), (X if self.emb_in_cache else None)
 
         return score
 
     def export(self, spec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
-        """The fold heads; linear ones become their exact average (one head) unless ``keep_folds``."""
+        """The fold heads; ridge and kernel ridge heads become their exact average (one head) unless
+        ``keep_folds``."""
         heads = state.load(src / HEADS, f"run `stack fit {spec.name}`")
-        if not keep_folds and all(type(h) is Ridge for h in heads):
-            heads = [Ridge.average(heads)]
+        if not keep_folds and len({type(h) for h in heads}) == 1 and hasattr(type(heads[0]), "average"):
+            heads = [type(heads[0]).average(heads)]
         state.save(heads, dst / HEADS, info={"member": spec.name, "folds": len(heads)})
         return {}

@@ -134,7 +134,7 @@ class Finetune(Kind):
     def scorer(self, spec, folder, strict: bool = False):
         cfg, folds = spec.cfg, _saved_folds(folder, spec.name)
 
-        def score(texts):
+        def score(texts, upstream=None):
             from stack.train.loop import predict
             from stack.train.model import model_from_folder
             from stack.train.store import load_weights

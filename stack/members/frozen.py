@@ -57,6 +57,15 @@ def pooling_spec(cfg):
     return PoolingSpec(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))
 
 
+def blocks(cfg, n_states: int | None) -> list[dict] | None:
+    """What each ``emb_*`` block of ``hidden size`` columns holds, in column order: its hidden state (``layer``,
+    counted from 0 = embeddings; None where layers are mixed) and its pooling. Heads select blocks by layer."""
+    if n_states is None:
+        return None
+    layers = [i % n_states for i in (cfg.layers or range(n_states))] if cfg.layer_mode == "concat" else [None]
+    return [{"layer": layer, "pooling": p} for layer in layers for p in cfg.pooling]
+
+
 def embedding_key(spec) -> str:
     """What decides a stored embedding: where the weights come from and how essays are chunked and pooled."""
     cfg = spec.cfg
@@ -94,11 +103,19 @@ class Frozen(FeaturizedKind):
         todo = store.missing(hashes)
         if todo:
             first = {h: t for h, t in zip(reversed(hashes), reversed(texts))}
-            self._embed(spec, [first[h] for h in todo], self._load(spec), store.precision,
-                        on_shard=lambda rows, emb, prec: store.add([todo[i] for i in rows], emb, prec))
+            loaded = self._load(spec)
+            states = loaded[1].config.num_hidden_layers + 1
+            self._embed(spec, [first[h] for h in todo], loaded, store.precision,
+                        on_shard=lambda rows, emb, prec: store.add([todo[i] for i in rows], emb, prec, states))
+        if store.n_states is None:  # every essay stored by an earlier version: read the count from config.json
+            from stack.backbones.loading import n_hidden_states
+
+            store.n_states = n_hidden_states(spec.backbone)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         info = {"essays": len(texts), "embedded": len(todo), "reused": len(set(hashes)) - len(todo),
-                "precision": store.precision, "peak_rss_mb": peak, "extra": {"precision": store.precision}}
+                "precision": store.precision, "peak_rss_mb": peak,
+                "extra": {"precision": store.precision, "blocks": blocks(spec.cfg, store.n_states),
+                          "n_states": store.n_states}}
         return store.get(hashes), info
 
     def _load(self, spec, strict: bool = False):
@@ -122,7 +139,7 @@ class Frozen(FeaturizedKind):
     def featurizer(self, spec, folder: Path, strict: bool):
         loaded = []
 
-        def featurize(texts):
+        def featurize(texts, upstream):
             loaded[:] = loaded or [self._load(spec, strict)]
             return self._embed(spec, texts, loaded[0])[0]
 

@@ -65,9 +65,14 @@ class Kind:
     def fit(self, spec: MemberSpec, ctx, folder: Path) -> Fitted:
         raise NotImplementedError
 
+    def inputs(self, spec: MemberSpec) -> list[str]:
+        """Members whose outputs this one reads (a head over another member's embeddings); scored first."""
+        return []
+
     def scorer(self, spec: MemberSpec, folder: Path, strict: bool = False):
-        """-> ``score(texts) -> (predictions (n, 6), embeddings (n, d) or None)`` from what ``fit`` saved in
-        ``folder``; ``strict``: load weights from safetensors only (scoring from a bundle)."""
+        """-> ``score(texts, upstream) -> (predictions (n, 6), embeddings (n, d) or None)`` from what ``fit`` saved
+        in ``folder``; ``upstream``: {member: embeddings} of ``inputs``; ``strict``: load weights from safetensors
+        only (scoring from a bundle)."""
         raise NotImplementedError
 
     def export(self, spec: MemberSpec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:

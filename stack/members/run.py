@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from stack import cache, paths, runtime
+from stack.config import sha256_json
 from stack.errors import StackError
 from stack.metrics import mcrmse
 from stack.schema import ID, TEXT
@@ -29,6 +30,7 @@ def fit_member(name: str, params, overrides: list[str] | None = None) -> dict:
     from stack.stages import load_context
 
     spec = load_member(name, overrides)
+    check_stage(spec, params)
     ctx = load_context(params)
     t0 = time.perf_counter()
     folder = paths.member_dir(name)
@@ -40,12 +42,30 @@ def fit_member(name: str, params, overrides: list[str] | None = None) -> dict:
     cv = {"mcrmse": score, "per_target": per_target}
     if not runtime.is_main():  # under torchrun only rank 0 writes
         return {**result, **cv, "pending": []}
-    meta = cache.member_meta(name, spec.kind.name, spec.fingerprint(), spec.config_json(), ctx, cv, fitted.extra)
+    fingerprint = spec.fingerprint()
+    if "input_config" in fitted.extra:  # built on another member's cache: changes with it
+        fingerprint = sha256_json([fingerprint, fitted.extra["input_config"]])
+    meta = cache.member_meta(name, spec.kind.name, fingerprint, spec.config_json(), ctx, cv, fitted.extra)
     cache.write_json(folder / MEMBER_JSON, meta)  # before the cache: a cache on disk always has its scorer
     cache.write_member(name, cache.frame(ctx.train[ID], fitted.oof, fitted.emb),
                        cache.frame(ctx.test[ID], fitted.test, fitted.emb_test), meta)
     cache.write_json(paths.member_metrics(name), {"mcrmse": score, **per_target})
     return {**result, **cv, "pending": []}
+
+
+def check_stage(spec, params) -> None:
+    """A head must be fitted after its input: params.yaml lists it under ``heads`` (DVC's ``head@`` stage), with the
+    input its config names; every other member under ``members``."""
+    heads, where = params.heads or {}, "params.yaml"
+    if spec.kind.name == "head":
+        if spec.name in params.members:
+            raise StackError(f"{where}: {spec.name!r} is a head over {spec.cfg.input!r}'s cache: list it under `heads` "
+                             f"({spec.name}: {spec.cfg.input}), not `members`, so DVC fits it after its input")
+        if spec.name in heads and heads[spec.name] != spec.cfg.input:
+            raise StackError(f"{where}: heads.{spec.name} is {heads[spec.name]!r} but {spec.where} reads input "
+                             f"{spec.cfg.input!r}; make them the same")
+    elif spec.name in heads:
+        raise StackError(f"{where}: {spec.name!r} is a {spec.kind.name} member, not a head: list it under `members`")
 
 
 def read_member_json(folder: Path) -> dict:
@@ -64,19 +84,21 @@ class MemberScorer:
     name: str
     meta: dict  # member.json: fingerprint, kind, resolved config, CV
     score_fn: object
+    inputs: tuple[str, ...] = ()  # members whose embeddings this one reads (scored first)
 
     @property
     def fingerprint(self) -> str:
         return self.meta["config"]
 
-    def score(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions ``(n, 6)`` and embeddings ``(n, d)`` (None for kinds without) of ``texts``."""
-        preds, emb = self.score_fn(list(texts))
+    def score(self, texts: list[str], upstream: dict | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions ``(n, 6)`` and embeddings ``(n, d)`` (None for kinds without) of ``texts``; ``upstream``:
+        {input member: its embeddings of the same texts}."""
+        preds, emb = self.score_fn(list(texts), upstream or {})
         return np.asarray(preds, np.float64), emb
 
-    def frame(self, essays):
+    def frame(self, essays, upstream: dict | None = None):
         """DataFrame[text_id, pred_* x 6, emb_*] of ``essays`` (text_id, full_text)."""
-        preds, emb = self.score(essays[TEXT].tolist())
+        preds, emb = self.score(essays[TEXT].tolist(), upstream)
         return cache.frame(essays[ID].to_numpy(), preds, emb)
 
 
@@ -87,4 +109,4 @@ def load_scorer(folder: Path, strict: bool = False) -> MemberScorer:
     folder = Path(folder)
     meta = read_member_json(folder)
     spec = spec_from_json(meta["config_json"], folder, str(folder / MEMBER_JSON))
-    return MemberScorer(spec.name, meta, spec.kind.scorer(spec, folder, strict))
+    return MemberScorer(spec.name, meta, spec.kind.scorer(spec, folder, strict), tuple(spec.kind.inputs(spec)))

@@ -38,6 +38,7 @@ class EmbeddingStore:
         self.parts: list[np.ndarray] = []
         self.index: dict[str, tuple[int, int]] = {}  # hash -> (part, row)
         self.precision: str | None = None
+        self.n_states: int | None = None  # hidden states of the backbone (the embedding's layer blocks)
         for tmp in self.dir.glob(".part-*.tmp-*") if self.dir.is_dir() else []:  # a killed write's leftovers
             tmp.unlink(missing_ok=True)
         for path in sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []:
@@ -49,6 +50,7 @@ class EmbeddingStore:
                 continue
             self._take(df[HASH].tolist(), df[cache.emb_columns(df)].to_numpy(np.float32))
             self.precision = self.precision or meta.get("precision")
+            self.n_states = self.n_states or meta.get("n_states")
 
     def _take(self, hashes: list[str], emb: np.ndarray) -> None:
         k = len(self.parts)
@@ -61,18 +63,20 @@ class EmbeddingStore:
     def missing(self, hashes: list[str]) -> list[str]:
         return [h for h in dict.fromkeys(hashes) if h not in self.index]
 
-    def add(self, hashes: list[str], emb: np.ndarray, precision: str) -> None:
+    def add(self, hashes: list[str], emb: np.ndarray, precision: str, n_states: int | None = None) -> None:
         """Store one shard: ``hashes`` (n,) and ``emb`` ``(n, d)``, written atomically as a new part."""
         if not self.parts and self.root.is_dir():  # a new key: the other keys' embeddings are stale
             for old in self.root.iterdir():
                 if old.is_dir() and old.name != self.key:
                     shutil.rmtree(old, ignore_errors=True)
         self.precision = self.precision or precision
+        self.n_states = self.n_states or n_states
         df = pd.concat([pd.DataFrame({HASH: list(hashes)}), pd.DataFrame(np.asarray(emb, np.float32),
                                                                           columns=emb_cols(emb.shape[1]))], axis=1)
         taken = [int(p.stem.split("-")[1]) for p in self.dir.glob("part-*.parquet")] if self.dir.is_dir() else []
         n = max(taken, default=-1) + 1
-        cache.write_table(df, self.dir / f"part-{n:05d}.parquet", {"key": self.key, "precision": self.precision})
+        cache.write_table(df, self.dir / f"part-{n:05d}.parquet", {"key": self.key, "precision": self.precision,
+                                                                          "n_states": self.n_states})
         self._take(list(hashes), np.asarray(emb, np.float32))
 
     def get(self, hashes: list[str]) -> np.ndarray:

@@ -1,0 +1,128 @@
+"""``kind: head``: another head over a member's cached embeddings, fitted per fold without re-embedding anything.
+
+A frozen member's embeddings never saw a label, so a second head over them is as honest as the first: an RBF
+kernel ridge (``krr``, the default: kernel width and alpha per target by exact leave-one-out), an RBF ``svr`` or a
+``ridge``, over chosen hidden-state blocks of the input (``layers``), each block scaled to unit length
+(``normalize: layer``, the FB3 SVR-on-embeddings recipe). A fine-tuned member's OOF embeddings are refused: each
+row's vector came from a fold model trained on the other folds' labels. In DVC a head is a ``head@<name>`` stage
+(params.yaml ``heads: {name: input}``) that depends only on the input's cache.
+
+    stack fit mpnet-krr                 # configs/members/mpnet-krr.yaml: input mpnet, layers [4..9], krr
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from stack import cache, paths
+from stack.errors import StackError
+from stack.heads.kernel_ridge import ALPHAS, KernelRidge
+from stack.heads.ridge import Ridge
+from stack.heads.svr import KernelSVR
+from stack.members.featurized import FeaturizedKind
+from stack.members.registry import register
+from stack.schema import ID
+
+HEADS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
+         "ridge": lambda c: Ridge(c.alphas)}
+NORMALIZE = ("layer", "row", "none")
+LEAKY = {"finetune": "its OOF embeddings come from fold models trained on the other folds' labels, so a head fitted "
+                     "on them sees the labels of the rows it scores"}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    name: str = ""
+    kind: str = "head"
+    input: str = ""  # the member whose cached embeddings this head reads (frozen, features or grammar)
+    layers: tuple[int, ...] = ()  # the input's hidden states to use (0 = embeddings, -1 = last); [] = all its columns
+    normalize: str = "layer"  # layer: each block to unit length, then the row | row | none
+    head: str = "krr"  # krr | svr | ridge
+    gamma_scales: tuple[float, ...] = (0.25, 0.5, 1.0)  # krr: RBF gamma = scale / (2 median squared distance)
+    alphas: tuple[float, ...] = ALPHAS  # krr and ridge: alpha grid (chosen per target by leave-one-out)
+    svr_c: float = 1.0  # svr: C (gamma: scikit-learn's "scale" rule)
+
+    RUN_KEYS: ClassVar[tuple] = ()
+
+
+def represent(emb: np.ndarray, meta: dict, cfg, where: str) -> np.ndarray:
+    """The input's embedding columns ``(n, D)`` -> the head's rows: the chosen blocks, normalised."""
+    emb = np.asarray(emb, np.float64)
+    if cfg.layers and not meta.get("blocks"):
+        raise StackError(f"{where}: layers {list(cfg.layers)}: the input member {cfg.input!r} has no hidden-state "
+                         f"blocks (not a frozen member, or cached by an older stack: run `stack fit {cfg.input}`)")
+    blocks = meta.get("blocks") or [{"layer": None, "pooling": None}]
+    width = emb.shape[1] // len(blocks)
+    chosen = list(range(len(blocks)))
+    if cfg.layers:
+        n_states = meta.get("n_states") or 1 + max(b["layer"] for b in blocks if b["layer"] is not None)
+        want = {i + n_states if i < 0 else i for i in cfg.layers}
+        chosen = [j for j, b in enumerate(blocks) if b["layer"] in want]
+        missing = sorted(want - {blocks[j]["layer"] for j in chosen})
+        if missing:
+            raise StackError(f"{where}: layers {list(cfg.layers)}: the input member {cfg.input!r} has no hidden state "
+                             f"{missing[0]} in its cache (it has {sorted({b['layer'] for b in blocks} - {None})})")
+    parts = [emb[:, j * width:(j + 1) * width] for j in chosen]
+    if cfg.normalize == "layer":
+        parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
+    X = np.hstack(parts)
+    if cfg.normalize in ("layer", "row"):
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    return X
+
+
+@register
+class Head(FeaturizedKind):
+    name = "head"
+    config = HeadConfig
+    emb_in_cache = False
+
+    def check(self, spec) -> None:
+        cfg = spec.cfg
+        if cfg.head not in HEADS:
+            raise StackError(f"{spec.where}: head {cfg.head!r} is not one of {', '.join(HEADS)}")
+        if cfg.normalize not in NORMALIZE:
+            raise StackError(f"{spec.where}: normalize {cfg.normalize!r} is not one of {', '.join(NORMALIZE)}")
+        if not cfg.input:
+            raise StackError(f"{spec.where}: no `input`: name the member whose cached embeddings this head reads")
+        paths.check_name(cfg.input)
+
+    def inputs(self, spec) -> list[str]:
+        return [spec.cfg.input]
+
+    def head(self, spec):
+        return lambda: HEADS[spec.cfg.head](spec.cfg)
+
+    def fit_features(self, spec, ctx):
+        cfg, where = spec.cfg, spec.where
+        frames, meta = {}, None
+        for split, ids in (("train", ctx.train[ID]), ("test", ctx.test[ID])):
+            df, meta = cache.read_member(cfg.input, split)
+            cache.check_fingerprints({cfg.input: meta}, {"data": ctx.data_fp, "folds": ctx.folds_fp})
+            frames[split] = df.set_index(ID).reindex(ids.to_numpy())
+        if meta["kind"] in LEAKY:
+            raise StackError(f"{where}: input {cfg.input!r} is a {meta['kind']} member: {LEAKY[meta['kind']]}; "
+                             "read a frozen, features or grammar member instead")
+        if not cache.emb_columns(frames["train"]):
+            raise StackError(f"{where}: input {cfg.input!r} caches no embeddings (emb_* columns) to fit a head on")
+        X, X_test = (represent(frames[s][cache.emb_columns(frames[s])].to_numpy(), meta, cfg, where) for s in frames)
+        extra = {"input": cfg.input, "input_config": meta["config"],
+                 "input_meta": {"blocks": meta.get("blocks"), "n_states": meta.get("n_states")}}
+        return X, X_test, {"essays": len(X) + len(X_test), "extra": extra}
+
+    def featurizer(self, spec, folder, strict: bool):
+        from stack.members.run import read_member_json
+
+        meta = read_member_json(folder)
+        source = meta.get("input_meta", {})
+
+        def featurize(texts, upstream):
+            if spec.cfg.input not in upstream:
+                raise StackError(f"{folder}: head {spec.name!r} needs member {spec.cfg.input!r}'s embeddings; score "
+                                 "it through a Scorer (stack predict), which runs its input first")
+            return represent(upstream[spec.cfg.input], source, spec.cfg, spec.where)
+
+        return featurize

@@ -1,0 +1,155 @@
+"""Heads over cached embeddings (``kind: head``): the kernel ridge recovers a known signal and chooses its width and
+alpha by exact leave-one-out, the member reads only caches (never a backbone), refuses a fine-tuned member's OOF
+embeddings, is fitted in the right DVC stage, and is scored through its input (stack predict, bundles)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stack.cli import app
+from stack.heads.kernel_ridge import KernelRidge, loo_dual, sq_dists
+from stack.heads.ridge import Ridge
+
+from conftest import edit_yaml
+
+runner = CliRunner()
+
+
+def signal(n=400, d=12, seed=0):
+    """Unit rows and two targets that are smooth non-linear functions of them (plus a little noise)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Y = np.column_stack([np.sin(4 * X[:, 0]) + np.cos(3 * X[:, 1]), 2 * X[:, 2] * X[:, 3]])
+    return X, Y + rng.normal(0, 0.05, Y.shape)
+
+
+def test_kernel_ridge_recovers_a_nonlinear_signal_that_a_linear_ridge_misses():
+    X, Y = signal()
+    krr, ridge = KernelRidge().fit(X[:300], Y[:300]), Ridge().fit(X[:300], Y[:300])
+    err = lambda m: np.sqrt(((m.predict(X[300:]) - Y[300:]) ** 2).mean(0))  # noqa: E731
+    assert (err(krr) < 0.35 * Y[300:].std(0)).all()  # most of the variance, out of sample
+    assert (err(krr) < 0.7 * err(ridge)).all()
+
+
+def test_each_target_keeps_the_width_and_alpha_of_least_leave_one_out_error():
+    X, Y = signal(n=150)
+    krr = KernelRidge(gamma_scales=(0.25, 1.0, 4.0), alphas=(1e-3, 1e-1, 10.0)).fit(X, Y)
+    D = sq_dists(X, X)
+    median = np.median(D[np.triu_indices(len(D), 1)])
+    for t in range(2):
+        errors = {(s, a): loo_dual(np.exp(-s / (2 * median) * D), Y[:, [t]], np.array([a]))[0][0, 0]
+                  for s in (0.25, 1.0, 4.0) for a in (1e-3, 1e-1, 10.0)}
+        assert tuple(krr.chosen_[t]) == min(errors, key=errors.get)
+        # the leave-one-out error of the formula = refitting without each row in turn (intercept unpenalised)
+        scale, alpha = krr.chosen_[t]
+        K = np.exp(-scale / (2 * median) * D)
+        refits = []
+        for i in range(len(X)):
+            keep = np.arange(len(X)) != i
+            Kk, yk = K[np.ix_(keep, keep)], Y[keep, t]
+            H = np.eye(len(yk)) - 1.0 / len(yk)
+            dual = H @ np.linalg.solve(H @ Kk @ H + alpha * np.eye(len(yk)), H @ (yk - yk.mean()))
+            refits.append(K[i, keep] @ dual - Kk.mean(0) @ dual + yk.mean() - Y[i, t])
+        np.testing.assert_allclose(np.mean(np.square(refits)), errors[(scale, alpha)], rtol=1e-6)
+
+
+def test_average_of_fold_heads_is_their_mean_prediction_on_shared_rows():
+    X, Y = signal(n=200)
+    folds = np.arange(200) % 4
+    heads = [KernelRidge(gamma_scales=(0.5, 1.0)).fit(X[folds != k], Y[folds != k]) for k in range(4)]
+    one = KernelRidge.average(heads)
+    assert len(one.support_) == 200  # every row once, not 4 x 150
+    np.testing.assert_allclose(one.predict(X[:30]), np.mean([h.predict(X[:30]) for h in heads], axis=0), atol=1e-10)
+
+
+# -- the member ----------------------------------------------------------------------------------------------------
+
+def ok(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def refused(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    return result.output
+
+
+@pytest.fixture
+def fitted_input(project):
+    edit_yaml(project / "params.yaml", heads={"minilm-krr": "minilm"})
+    edit_yaml(project / "configs" / "members" / "minilm-krr.yaml", layers=[1, 2])
+    ok("folds")
+    ok("fit", "minilm")
+    return project
+
+
+def test_a_head_reads_only_the_cache_of_its_input_and_never_loads_a_backbone(fitted_input, monkeypatch):
+    import transformers
+
+    from stack import cache
+    from stack.backbones import loading
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("a head loaded a backbone")
+
+    monkeypatch.setattr(loading, "load_backbone", no_backbone)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_backbone)
+    ok("fit", "minilm-krr")
+    train, meta = cache.read_member("minilm-krr", "train")
+    _, source = cache.read_member("minilm", "train")
+    assert meta["kind"] == "head" and meta["input"] == "minilm" and meta["input_config"] == source["config"]
+    assert not cache.emb_columns(train) and np.isfinite(train.filter(like="pred_").to_numpy()).all()
+    assert [b["layer"] for b in meta["input_meta"]["blocks"]] == [0, 1, 2]  # the tiny encoder's 3 hidden states
+
+
+def test_a_head_over_a_fine_tuned_members_oof_embeddings_is_refused(fitted_input):
+    edit_yaml(fitted_input / "configs" / "members" / "minilm-ft.yaml", epochs=1, max_len=64, precision="fp32")
+    ok("fit", "minilm-ft")
+    edit_yaml(fitted_input / "params.yaml", heads={"minilm-krr": "minilm-ft"})
+    out = refused("fit", "minilm-krr", "--set", "input=minilm-ft", "--set", "layers=[]")
+    assert "input 'minilm-ft' is a finetune member: its OOF embeddings come from fold models trained" in out
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda p: edit_yaml(p / "params.yaml", members=["minilm", "minilm-krr"], heads={}),
+     "'minilm-krr' is a head over 'minilm''s cache: list it under `heads`"),
+    (lambda p: edit_yaml(p / "params.yaml", heads={"minilm-krr": "mpnet"}),
+     "heads.minilm-krr is 'mpnet' but configs/members/minilm-krr.yaml reads input 'minilm'"),
+    (lambda p: edit_yaml(p / "params.yaml", heads={"minilm-krr": "minilm", "tfidf": "minilm"}),
+     "'tfidf' is a tfidf member, not a head"),
+])
+def test_heads_are_listed_where_dvc_fits_them_after_their_input(fitted_input, edit, match):
+    edit(fitted_input)
+    name = "tfidf" if "tfidf" in match else "minilm-krr"
+    assert match in refused("fit", name)
+
+
+def test_layers_the_input_does_not_have_are_a_clear_error(fitted_input):
+    assert "has no hidden state 7 in its cache (it has [0, 1, 2])" in refused("fit", "minilm-krr", "--set", "layers=[7]")
+
+
+def test_predict_and_a_bundle_score_a_head_through_its_input(fitted_input, tmp_path):
+    import pandas as pd
+
+    from stack.schema import TARGETS
+
+    ok("fit", "minilm-krr")
+    ok("blend", "--models", "minilm-krr")  # the blend weighs only the head; its input still has to travel
+    ok("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv")
+    sub, scores = pd.read_csv("submission.csv"), pd.read_csv("scores.csv")
+    np.testing.assert_allclose(scores[list(TARGETS)].to_numpy(), sub[list(TARGETS)].to_numpy(), atol=1e-6, rtol=0)
+    ok("export", str(tmp_path / "bundle"))
+    assert sorted(p.name for p in (tmp_path / "bundle" / "members").iterdir()) == ["minilm", "minilm-krr"]
+    ok("predict", "--bundle", str(tmp_path / "bundle"), "--input", "data/fb3/test.csv", "--out", "bundled.csv")
+    np.testing.assert_allclose(pd.read_csv("bundled.csv")[list(TARGETS)].to_numpy(), sub[list(TARGETS)].to_numpy(),
+                               atol=1e-6, rtol=0)
+    # the input refitted with another config, the head not: scoring refuses rather than mixing versions
+    ok("fit", "minilm", "--set", "pooling=[max]")
+    out = refused("predict", "--input", "data/fb3/test.csv", "--out", "x.csv")
+    assert "member 'minilm-krr' was fitted on another version of 'minilm'" in out

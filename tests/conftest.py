@@ -78,9 +78,9 @@ def edit_yaml(file: Path, **updates) -> dict:
     return data
 
 
-def make_project(dest: Path, encoder_dir: Path, members=("minilm",)) -> Path:
-    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, ``members``, every backbone on
-    ``encoder_dir`` and every frozen member small (64-token chunks, fp32)."""
+def make_project(dest: Path, encoder_dir: Path, members=("minilm",), heads=None) -> Path:
+    """Copy params.yaml, dvc.yaml and configs into ``dest``: 40 essays, 2 folds, ``members`` and ``heads`` (none by
+    default), every backbone on ``encoder_dir`` and every frozen member small (64-token chunks, fp32)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, dest / name)
@@ -89,6 +89,7 @@ def make_project(dest: Path, encoder_dir: Path, members=("minilm",)) -> Path:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["folds"]["n_folds"] = 2
     params["members"] = list(members)  # tests that need more members add them
+    params["heads"] = dict(heads or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for path in (dest / "configs" / "backbones").glob("*.yaml"):
         edit_yaml(path, path=str(encoder_dir), packaged=None)

@@ -30,7 +30,7 @@ def kind_of(name: str) -> str:
 def test_registries_have_every_named_member_and_backbone():
     assert set(MEMBERS) == {"minilm", "mpnet", "tfidf", "features", "grammar", "minilm-ft", "xsmall", "small", "base",
                             "large", "v2-xlarge", "xsmall-frozen", "small-frozen", "base-frozen", "large-frozen",
-                            "v2-xlarge-frozen"}
+                            "v2-xlarge-frozen", "lgbm", "mpnet-krr", "mpnet-mlp", "minilm-krr"}
     assert set(BACKBONES) == {"minilm", "mpnet", "deberta-v3-xsmall", "deberta-v3-small", "deberta-v3-base",
                               "deberta-v3-large", "deberta-v2-xlarge"}
     assert {kind_of(m) for m in MEMBERS} == set(KINDS)  # every kind has a member
@@ -66,11 +66,18 @@ def test_members_run_offline_on_a_tiny_encoder(name, project, tiny_deberta_dir):
         over = ["layers=[-2,-1]", "max_len=128", "batch_size=16"]
         if load_member(name).backbone.name in DEBERTA:
             over.append(f"backbone.path={tiny_deberta_dir}")
+    if kind == "head":  # a head reads its input's cache: the input first, and the head listed under heads
+        source = load_member(name).cfg.input
+        fit_member(source, params)
+        edit_yaml("params.yaml", heads={name: source})
+        params, over = load_params(), ["layers=[1,2]"] if load_member(name).cfg.layers else None
+    if kind == "lgbm":  # 20 training essays per fold
+        over = ["svd=8", "min_df=1"]
     result = fit_member(name, params, over)
     train, meta = cache.read_member(name, "train")
     test, _ = cache.read_member(name, "test")
     assert len(train) == 40 and len(test) == 3 and meta["kind"] == kind and 0 < result["mcrmse"] < 5
-    assert bool(cache.emb_columns(train)) == (kind != "tfidf")
+    assert bool(cache.emb_columns(train)) == get_kind(kind).emb_in_cache
     assert (paths.member_dir(name) / "member.json").is_file() and paths.member_metrics(name).is_file()
     if kind == "frozen":
         assert len(cache.emb_columns(train)) == 2 * 32  # two layers of the 32-wide encoder, side by side
@@ -95,7 +102,7 @@ def test_unknown_member_backbone_and_kind_list_the_valid_ones(project):
     with pytest.raises(StackError, match="unknown member 'minlm': no configs/members/minlm.yaml .*known members: .*minilm"):
         load_member("minlm")
     (project / "configs" / "members" / "odd.yaml").write_text("kind: bag\n")
-    with pytest.raises(StackError, match="odd.yaml: unknown kind 'bag' \\(valid: features, finetune, frozen, grammar, tfidf\\)"):
+    with pytest.raises(StackError, match=f"odd.yaml: unknown kind 'bag' \\(valid: {', '.join(sorted(KINDS))}\\)"):
         load_member("odd")
     (project / "configs" / "members" / "odd.yaml").write_text("layers: [-1]\n")
     with pytest.raises(StackError, match="odd.yaml: no `kind` key"):
@@ -103,9 +110,9 @@ def test_unknown_member_backbone_and_kind_list_the_valid_ones(project):
     edit_yaml(project / "configs" / "members" / "minilm.yaml", backbone="robrta")
     with pytest.raises(StackError, match="unknown backbone 'robrta': no configs/backbones/robrta.yaml .*known backbones: .*mpnet"):
         load_member("minilm")
-    with pytest.raises(StackError, match="unknown kind 'bag' \\(valid: features, finetune, frozen, grammar, tfidf\\)"):
+    with pytest.raises(StackError, match=f"unknown kind 'bag' \\(valid: {', '.join(sorted(KINDS))}\\)"):
         get_kind("bag")
-    assert set(KINDS) == {"frozen", "finetune", "tfidf", "features", "grammar"}
+    assert set(KINDS) == {"frozen", "finetune", "tfidf", "features", "grammar", "head", "lgbm"}
 
 
 @pytest.mark.parametrize("member, key, message", [

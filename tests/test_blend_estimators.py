@@ -9,11 +9,11 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from stack.blend.hill_climb import HillClimbBlender
-from stack.blend.lgbm import LGBMBlender
 from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.registry import BLENDERS, get_blender
 from stack.blend.stacked import StackBlender
 from stack.errors import StackError
+from stack.heads.lgbm import LGBMBlender
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 

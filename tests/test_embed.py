@@ -183,8 +183,8 @@ def test_interrupted_fit_resumes_from_the_last_stored_shard_byte_identical(proje
 
     real_add, added = EmbeddingStore.add, []
 
-    def add_then_stop(self, hashes, emb, precision):
-        real_add(self, hashes, emb, precision)
+    def add_then_stop(self, hashes, emb, precision, n_states=None):
+        real_add(self, hashes, emb, precision, n_states)
         added.append(len(hashes))
         if len(added) == 2:
             raise KeyboardInterrupt

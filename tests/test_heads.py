@@ -153,3 +153,14 @@ def test_predict_and_a_bundle_score_a_head_through_its_input(fitted_input, tmp_p
     ok("fit", "minilm", "--set", "pooling=[max]")
     out = refused("predict", "--input", "data/fb3/test.csv", "--out", "x.csv")
     assert "member 'minilm-krr' was fitted on another version of 'minilm'" in out
+
+
+def test_mlp_head_learns_a_nonlinear_signal_and_predicts_without_torch():
+    from stack.heads.mlp import MLPHead
+
+    X, Y = signal(n=600)
+    mlp = MLPHead(seeds=2).fit(X[:500], Y[:500])
+    err = np.sqrt(((mlp.predict(X[500:]) - Y[500:]) ** 2).mean(0))
+    assert (err < 0.6 * Y[500:].std(0)).all()
+    assert len(mlp.weights_) == 2 and set(mlp.weights_[0]) == {"w1", "b1", "w2", "b2"}
+    assert all(isinstance(w, np.ndarray) for seed in mlp.weights_ for w in seed.values())  # numpy forward pass

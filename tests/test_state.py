@@ -16,14 +16,16 @@ import scipy.sparse as sp
 from stack import state
 from stack.blend.features import Layout
 from stack.blend.hill_climb import HillClimbBlender
-from stack.blend.lgbm import LGBMBlender
 from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.persist import FittedBlend, load_blend, predict_blend, save_blend
 from stack.blend.stacked import StackBlender
 from stack.errors import StackError
 from stack.heads.kernel_ridge import KernelRidge
+from stack.heads.lgbm import LGBMBlender
+from stack.heads.mlp import MLPHead
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
+from stack.members.lgbm import TextBoosting
 from stack.members.tfidf import TfidfConfig, TfidfRidge, vectorizer_params
 from stack.schema import ID, PRED_COLS, TARGETS
 
@@ -33,6 +35,7 @@ Y = X[:, :6] * 0.6 + X[:, 6:12] * 0.4 + RNG.normal(0, 0.1, (80, 6))
 SPARSE, SPARSE_NEW = (sp.random(n, 300, density=0.05, format="csr", random_state=s) for n, s in ((80, 1), (25, 2)))
 WORDS = np.array(["good", "bad", "so", "the", "essay", "because"])
 TEXTS = np.array([" ".join(RNG.choice(WORDS, 15)) for _ in range(105)], dtype=object)
+TEXT_STATS = pd.DataFrame({"text": TEXTS, "s0": RNG.normal(size=105), "s1": RNG.normal(size=105)})
 
 # (id, unfitted estimator, training X, new X)
 ESTIMATORS = [
@@ -42,6 +45,11 @@ ESTIMATORS = [
     ("svr-l2", KernelSVR(scaling="l2", C=3.0), X, X_NEW),
     ("svr-none", KernelSVR(scaling="none", gamma=0.05), X, X_NEW),
     ("krr", KernelRidge(gamma_scales=(0.5, 1.0), alphas=(0.01, 0.1, 1.0)), X, X_NEW),
+    ("mlp", MLPHead(hidden=16, max_epochs=5, seeds=2), X, X_NEW),
+    ("lgbm-text", TextBoosting([{"analyzer": "word", "ngram_range": [1, 2], "min_df": 1, "max_features": 500,
+                                 "sublinear_tf": True, "lowercase": True}], svd=4,
+                                boost={"n_estimators": 40, "learning_rate": 0.1, "early_stopping_rounds": 5, "n_jobs": 1}),
+     TEXT_STATS.iloc[:80], TEXT_STATS.iloc[80:]),
     ("lgbm", LGBMBlender(n_estimators=60, learning_rate=0.1, early_stopping_rounds=10, n_jobs=1), X, X_NEW),
     ("hill", HillClimbBlender(negative=True), X, X_NEW),
     ("nelder-mead", NelderMeadBlender(bounds=(-1.0, 2.0)), X, X_NEW),
@@ -55,6 +63,7 @@ def test_every_savable_class_is_round_tripped_here():
     import stack.members  # noqa: F401 (registers every member kind's savable heads)
 
     covered = {type(est).__name__ for _, est, _, _ in ESTIMATORS} | {"Layout", "FittedBlend"}  # the last two: below
+    covered |= {"TfidfFeatures"}  # round-tripped inside TfidfRidge and TextBoosting
     assert covered == set(state.CLASSES)
 
 

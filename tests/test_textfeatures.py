@@ -72,7 +72,7 @@ def test_tfidf_vocabulary_never_sees_the_held_out_fold():
     texts = np.array(["alpha beta", "alpha gamma", "beta gamma", "zeta only here"], dtype=object)
     spec = tfidf(char_ngrams=(), min_df=1)
     head = spec.kind.head(spec)().fit(texts[:3], np.arange(18, dtype=float).reshape(3, 6))
-    assert sorted(head.fitted_[0].vocabulary_) == ["alpha", "alpha beta", "alpha gamma", "beta", "beta gamma", "gamma"]
+    assert sorted(head.tfidf_.fitted_[0].vocabulary_) == ["alpha", "alpha beta", "alpha gamma", "beta", "beta gamma", "gamma"]
 
 
 def test_tfidf_config_rejects_backbone_keys(project):
@@ -104,3 +104,17 @@ def test_stack_fit_writes_the_cache_schema_of_its_kind(project, member):
         assert meta["feature_names"] == list(FEATURES) and len(cache.emb_columns(train)) == len(FEATURES)
         texts = pd.read_csv("data/fb3/train.csv")["full_text"].tolist()
         np.testing.assert_allclose(train[cache.emb_columns(train)].to_numpy(), text_stats(texts), rtol=1e-6)
+
+
+def test_lgbm_member_fits_its_tfidf_and_svd_on_the_training_essays_only():
+    import pandas as pd
+
+    from stack.members.lgbm import TextBoosting
+
+    texts = ["alpha beta", "gamma delta alpha", "beta gamma"] * 10 + ["epsilon zeta only here"] * 10
+    df = pd.DataFrame({"text": texts, "s0": np.arange(40.0)})
+    tfidf = [{"analyzer": "word", "ngram_range": [1, 1], "min_df": 1, "max_features": 100, "sublinear_tf": True,
+              "lowercase": True}]
+    head = TextBoosting(tfidf, svd=2, boost={"n_estimators": 20, "n_jobs": 1}).fit(df.iloc[:30], np.ones((30, 6)))
+    assert sorted(head.tfidf_.fitted_[0].vocabulary_) == ["alpha", "beta", "delta", "gamma"]
+    assert head.components_.shape == (2, 4) and head.predict(df.iloc[30:]).shape == (10, 6)

@@ -1,8 +1,8 @@
 """Stage two: blend the cached stage-one members into one submission.
 
 Never imports torch (tests/test_blend_run.py checks it in a subprocess). Modules, in data-flow order: ``config``
-(params.yaml ``blend:``), ``weights`` (what weight blenders share), ``hill_climb``, ``nelder_mead``, ``lgbm``,
-``stacked`` (mean of blenders), ``registry`` (by name; ridge and SVR come from stack.heads), ``features`` (cache
+(params.yaml ``blend:``), ``weights`` (what weight blenders share), ``hill_climb``, ``nelder_mead``,
+``stacked`` (mean of blenders), ``registry`` (by name; ridge, SVR and LightGBM come from stack.heads), ``features`` (cache
 frames -> X), ``persist`` (save/load/apply a fitted blend, no pickle), ``run`` (``stack blend``).
 
     from stack.blend.registry import get_blender

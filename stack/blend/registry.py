@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stack.blend.hill_climb import HillClimbBlender
-from stack.blend.lgbm import LGBMBlender
 from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.stacked import StackBlender
 from stack.errors import StackError
+from stack.heads.lgbm import LGBMBlender
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 

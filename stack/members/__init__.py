@@ -9,6 +9,6 @@ Importing this package registers every kind; torch is imported only when a trans
     from stack.members import fit_member, load_scorer, KINDS
 """
 
-from stack.members import features, finetune, frozen, grammar, head, tfidf  # noqa: F401 (each registers its kind)
+from stack.members import features, finetune, frozen, grammar, head, lgbm, tfidf  # noqa: F401 (each registers its kind)
 from stack.members.registry import KINDS, get_kind, load_member  # noqa: F401
 from stack.members.run import fit_member, load_scorer  # noqa: F401

@@ -1,9 +1,10 @@
 """``kind: features``: handcrafted text statistics with a standardised ridge head.
 
 Length, sentence and word length, lexical variety, punctuation, capitalisation and spacing habits, word
-rarity and a spelling-error rate: the share of words missing from the English word-frequency list that
-the ``pyspellchecker`` package ships (``spellchecker/resources/en.json.gz``). The statistics are written as the
-``emb_*`` columns (stage two may use them), next to the OOF/test predictions.
+rarity and a spelling-error rate (the share of words missing from the English word-frequency list that
+the ``pyspellchecker`` package ships, ``spellchecker/resources/en.json.gz``), then the capitalisation, paragraph and
+run-on statistics of stack.members.style. The statistics are written as the ``emb_*`` columns (stage two and
+the ``lgbm`` kind may use them), next to the OOF/test predictions.
 
     stack fit features
     from stack.members.features import text_stats, FEATURES
@@ -25,6 +26,7 @@ from stack.errors import StackError
 from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
+from stack.members.style import STYLE, style_stats
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ FEATURES = (
     "upper_rate", "caps_word_rate", "lower_sentence_start", "lower_i_rate", "space_before_punct",
     "no_space_after_punct", "double_space", "repeat_word_rate", "contraction_rate", "misspelled_rate",
     "misspelled_unique_rate", "log_freq_mean", "rare_word_rate", "common_word_rate",
+    *STYLE,
 )
 
 
@@ -100,7 +103,8 @@ def text_stats(texts: list[str], wordlist: str = FeaturesConfig.wordlist) -> np.
     known = load_wordlist(wordlist)
     ranked = sorted(known.values(), reverse=True)
     rare_log, common_log = ranked[min(20000, len(ranked) - 1)], ranked[min(1000, len(ranked) - 1)]
-    return np.array([_stats(t, known, rare_log, common_log) for t in texts], dtype=np.float64).reshape(len(texts), len(FEATURES))
+    base = np.array([_stats(t, known, rare_log, common_log) for t in texts], dtype=np.float64).reshape(len(texts), -1)
+    return np.hstack([base, style_stats(texts)])
 
 
 @register

@@ -57,17 +57,14 @@ class FeaturizedKind(Kind):
 
     def fit(self, spec, ctx, folder: Path) -> Fitted:
         X, X_test, info = self.fit_features(spec, ctx)
-        n = len(ctx.train)
-        X = np.concatenate([X, X_test])
-        oof, test, heads = cross_fit(self.head(spec), X[:n], ctx.y, ctx.fold, X[n:])
+        oof, test, heads = cross_fit(self.head(spec), X, ctx.y, ctx.fold, X_test)
         state.save(heads, folder / HEADS, info={"member": spec.name, "folds": len(heads)})
         grid = tuple(getattr(spec.cfg, "head_alphas", ()))
         alphas = chosen_alphas(heads)
         edge = sorted({a for fold in alphas.values() for a in fold if grid and a in (min(grid), max(grid))})
         extra = {"head": {"alphas_grid": list(grid), "chosen": alphas} if alphas else {}, **info.pop("extra", {})}
-        emb = X if self.emb_in_cache else None
-        return Fitted(oof, test, None if emb is None else emb[:n], None if emb is None else emb[n:], extra,
-                      {**info, "alphas_at_edge": edge})
+        emb, emb_test = (X, X_test) if self.emb_in_cache else (None, None)
+        return Fitted(oof, test, emb, emb_test, extra, {**info, "alphas_at_edge": edge})
 
     def featurizer(self, spec, folder: Path, strict: bool):
         """-> ``(texts, upstream) -> X`` for scoring (``upstream``: the embeddings of the members this one reads; a

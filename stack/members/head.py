@@ -1,8 +1,8 @@
 """``kind: head``: another head over a member's cached embeddings, fitted per fold without re-embedding anything.
 
 A frozen member's embeddings never saw a label, so a second head over them is as honest as the first: an RBF
-kernel ridge (``krr``, the default: kernel width and alpha per target by exact leave-one-out), an RBF ``svr`` or a
-``ridge``, over chosen hidden-state blocks of the input (``layers``), each block scaled to unit length
+kernel ridge (``krr``, the default: kernel width and alpha per target by exact leave-one-out), an RBF ``svr``, a
+``ridge`` or a small ``mlp``, over chosen hidden-state blocks of the input (``layers``), each block scaled to unit length
 (``normalize: layer``, the FB3 SVR-on-embeddings recipe). A fine-tuned member's OOF embeddings are refused: each
 row's vector came from a fold model trained on the other folds' labels. In DVC a head is a ``head@<name>`` stage
 (params.yaml ``heads: {name: input}``) that depends only on the input's cache.
@@ -20,6 +20,7 @@ import numpy as np
 from stack import cache, paths
 from stack.errors import StackError
 from stack.heads.kernel_ridge import ALPHAS, KernelRidge
+from stack.heads.mlp import MLPHead
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 from stack.members.featurized import FeaturizedKind
@@ -27,7 +28,7 @@ from stack.members.registry import register
 from stack.schema import ID
 
 HEADS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
-         "ridge": lambda c: Ridge(c.alphas)}
+         "ridge": lambda c: Ridge(c.alphas), "mlp": lambda c: MLPHead(seeds=c.mlp_seeds)}
 NORMALIZE = ("layer", "row", "none")
 LEAKY = {"finetune": "its OOF embeddings come from fold models trained on the other folds' labels, so a head fitted "
                      "on them sees the labels of the rows it scores"}
@@ -40,10 +41,11 @@ class HeadConfig:
     input: str = ""  # the member whose cached embeddings this head reads (frozen, features or grammar)
     layers: tuple[int, ...] = ()  # the input's hidden states to use (0 = embeddings, -1 = last); [] = all its columns
     normalize: str = "layer"  # layer: each block to unit length, then the row | row | none
-    head: str = "krr"  # krr | svr | ridge
+    head: str = "krr"  # krr | svr | ridge | mlp
     gamma_scales: tuple[float, ...] = (0.25, 0.5, 1.0)  # krr: RBF gamma = scale / (2 median squared distance)
     alphas: tuple[float, ...] = ALPHAS  # krr and ridge: alpha grid (chosen per target by leave-one-out)
     svr_c: float = 1.0  # svr: C (gamma: scikit-learn's "scale" rule)
+    mlp_seeds: int = 3  # mlp: seeds averaged (hidden 256, GELU, dropout 0.1/0.3, AdamW, early stopping)
 
     RUN_KEYS: ClassVar[tuple] = ()
 

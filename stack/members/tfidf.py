@@ -1,7 +1,7 @@
 """``kind: tfidf``: word and char n-gram TF-IDF with a ridge head, refit inside every fold.
 
 The vectorisers are part of each fold's head, so the vocabulary and IDF never see the held-out essays. Saved as
-arrays: each vectoriser's vocabulary (in column order) and IDF, and the ridge (stack.state: no pickle).
+arrays: each vectoriser's vocabulary (in column order) and IDF (stack.heads.tfidf), and the ridge (no pickle).
 Written with the common cache schema: OOF/test predictions only (no ``emb_*`` columns).
 
     stack fit tfidf                                  # configs/members/tfidf.yaml
@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from stack.errors import StackError
 from stack.heads.ridge import Ridge
+from stack.heads.tfidf import TfidfFeatures
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
-from stack.state import pack_strings, savable, unpack_strings
-
-WORD_PATTERN = r"(?u)\b\w+\b|[^\w\s]"
+from stack.state import savable
 
 
 @dataclass(frozen=True)
@@ -38,16 +36,6 @@ class TfidfConfig:
     head_alphas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 
-def _vectorizer(params: dict, vocabulary=None):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    ngram = tuple(params["ngram_range"])
-    extra = {"token_pattern": WORD_PATTERN} if params["analyzer"] == "word" else {}
-    return TfidfVectorizer(analyzer=params["analyzer"], ngram_range=ngram, min_df=params["min_df"],
-                           max_features=params["max_features"], sublinear_tf=params["sublinear_tf"],
-                           lowercase=params["lowercase"], dtype=np.float32, vocabulary=vocabulary, **extra)
-
-
 @savable
 class TfidfRidge:
     """Texts ``(n,)`` -> TF-IDF of each vectoriser side by side (sparse) -> Ridge ``(n, 6)``."""
@@ -55,37 +43,25 @@ class TfidfRidge:
     def __init__(self, vectorizers: list[dict], alphas=(1.0,)):
         self.vectorizers, self.alphas = vectorizers, alphas  # each: analyzer, ngram_range, min_df, ...
 
-    def _transform(self, texts):
-        return sp.hstack([v.transform(list(texts)) for v in self.fitted_]).tocsr()
-
     def fit(self, texts, y):
-        self.fitted_ = [_vectorizer(p) for p in self.vectorizers]
-        X = sp.hstack([v.fit_transform(list(texts)) for v in self.fitted_]).tocsr()
-        self.ridge_ = Ridge(self.alphas, standardize=False).fit(X, y)
+        self.tfidf_ = TfidfFeatures(self.vectorizers)
+        self.ridge_ = Ridge(self.alphas, standardize=False).fit(self.tfidf_.fit_transform(texts), y)
         return self
 
     def predict(self, texts) -> np.ndarray:
-        return self.ridge_.predict(self._transform(texts))
+        return self.ridge_.predict(self.tfidf_.transform(texts))
 
     @property
     def alpha_(self):
         return self.ridge_.alpha_
 
     def to_state(self) -> dict:
-        vocab = [pack_strings(sorted(v.vocabulary_, key=v.vocabulary_.get)) for v in self.fitted_]
-        return {"vectorizers": self.vectorizers, "alphas": list(self.alphas), "ridge": self.ridge_,
-                "vocabulary": vocab, "idf": [v.idf_.astype(np.float64) for v in self.fitted_]}
+        return {"vectorizers": self.vectorizers, "alphas": list(self.alphas), "tfidf": self.tfidf_, "ridge": self.ridge_}
 
     @classmethod
     def from_state(cls, state: dict):
         obj = cls(state["vectorizers"], tuple(state["alphas"]))
-        obj.fitted_ = []
-        for params, vocab, idf in zip(state["vectorizers"], state["vocabulary"], state["idf"]):
-            terms = unpack_strings(vocab)
-            v = _vectorizer(params, {t: i for i, t in enumerate(terms)})
-            v.idf_ = idf
-            obj.fitted_.append(v)
-        obj.ridge_ = state["ridge"]
+        obj.tfidf_, obj.ridge_ = state["tfidf"], state["ridge"]
         return obj
 
 

@@ -1,4 +1,4 @@
-"""LightGBM per target as a blender, saved in LightGBM's own text model format (no pickle).
+"""LightGBM per target (a blender, and the lgbm member's booster), saved in LightGBM's own text format (no pickle).
 
     est = LGBMBlender(n_jobs=2).fit(X, y)   # one booster per target, early stopping inside the training rows
 """

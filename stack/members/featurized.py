@@ -42,11 +42,15 @@ class FeaturizedKind(Kind):
         """-> a factory of unfitted heads (``fit(X, y (n, 6))``, ``predict(X) -> (m, 6)``, ``alpha_``)."""
         raise NotImplementedError
 
+    def open_store(self, spec):
+        """What ``features`` gets as ``store`` while fitting (a frozen member: its embedding store and backbone)."""
+        return paths.embedding_store(spec.name)
+
     def fit_features(self, spec, ctx):
         """-> (X of the training essays, X of the test essays, info). Train and test essays are featurized apart,
         so that `stack predict` on the test CSV batches the test essays exactly as here (and reproduces
         submission.csv)."""
-        store = paths.embedding_store(spec.name)
+        store = self.open_store(spec)
         X, info = self.features(spec, ctx.train[TEXT].tolist(), store)
         X_test, info_test = self.features(spec, ctx.test[TEXT].tolist(), store)
         for k in ("essays", "embedded", "reused"):

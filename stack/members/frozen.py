@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from stack import runtime
+from stack import paths, runtime
 from stack.config import sha256_json
 from stack.errors import StackError
 from stack.heads.ridge import Ridge
@@ -93,19 +93,25 @@ class Frozen(FeaturizedKind):
     def head(self, spec):
         return lambda: Ridge(alphas=spec.cfg.head_alphas)
 
+    def open_store(self, spec):
+        """The member's embedding store and its backbone, loaded on first need and kept for the test essays."""
+        from stack.members.store import EmbeddingStore
+
+        return EmbeddingStore(paths.embedding_store(spec.name), embedding_key(spec)), []
+
     def features(self, spec, texts, store):
-        from stack.members.store import EmbeddingStore, text_hash
+        from stack.members.store import text_hash
 
         if store is None:
             return self._embed(spec, texts, self._load(spec))[0], {}
-        store = EmbeddingStore(store, embedding_key(spec))
+        store, loaded = store
         hashes = [text_hash(t) for t in texts]
         todo = store.missing(hashes)
         if todo:
             first = {h: t for h, t in zip(reversed(hashes), reversed(texts))}
-            loaded = self._load(spec)
-            states = loaded[1].config.num_hidden_layers + 1
-            self._embed(spec, [first[h] for h in todo], loaded, store.precision,
+            loaded[:] = loaded or [self._load(spec)]
+            states = loaded[0][1].config.num_hidden_layers + 1
+            self._embed(spec, [first[h] for h in todo], loaded[0], store.precision,
                         on_shard=lambda rows, emb, prec: store.add([todo[i] for i in rows], emb, prec, states))
         if store.n_states is None:  # every essay stored by an earlier version: read the count from config.json
             from stack.backbones.loading import n_hidden_states

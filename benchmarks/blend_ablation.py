@@ -1,0 +1,57 @@
+"""What each member buys in the blend: nested CV of the default blend without it (drop-one), and of the base
+members plus it (add-one), each with a paired bootstrap interval of the difference. Reads the caches only; writes
+nothing. Run after `make run`.
+
+    .venv/bin/python benchmarks/blend_ablation.py [--method ridge] [--base minilm,mpnet,tfidf,features]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stack.blend.config import blend_models, load_blend_config
+from stack.blend.run import evaluate, load_frames, options_from
+from stack.config import load_params
+from stack.metrics import mcrmse, paired_bootstrap
+from stack.stages import load_context
+
+
+def nested(method: str, members: list[str], train: dict, ctx, options):
+    frames = {m: train[m] for m in members}
+    return evaluate(method, "preds", frames, members, ctx.y, ctx.fold, options)["nested"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", default="ridge")
+    ap.add_argument("--base", default="minilm,mpnet,tfidf,features", help="the members add-one starts from")
+    args = ap.parse_args()
+    params = load_params()
+    cfg = load_blend_config(params)
+    members, base = blend_models(params, cfg), args.base.split(",")
+    ctx = load_context(params)
+    train, _, _ = load_frames(ctx, members)
+    options = options_from(cfg)
+    full = nested(args.method, members, train, ctx, options)
+    plain = nested(args.method, base, train, ctx, options)
+    print(f"{args.method} on all {len(members)} members: nested {mcrmse(ctx.y, full)[0]:.4f}; on {', '.join(base)}: "
+          f"{mcrmse(ctx.y, plain)[0]:.4f}\n")
+    print("| member | its CV | blend without it | drop-one gain (paired 95%) | base + it | add-one gain (paired 95%) |")
+    print("|---|---|---|---|---|---|")
+    for m in members:
+        own = mcrmse(ctx.y, train[m].filter(like="pred_").to_numpy())[0]
+        without = nested(args.method, [x for x in members if x != m], train, ctx, options)
+        drop = paired_bootstrap(ctx.y, full, without)
+        add_cell = "-"
+        if m not in base:
+            added = nested(args.method, [*base, m], train, ctx, options)
+            g = paired_bootstrap(ctx.y, added, plain)
+            add_cell = f"{mcrmse(ctx.y, added)[0]:.4f} | {g['gain']:+.4f} ({g['low']:+.4f} to {g['high']:+.4f})"
+        else:
+            add_cell = "- | -"
+        print(f"| `{m}` | {own:.4f} | {mcrmse(ctx.y, without)[0]:.4f} | {drop['gain']:+.4f} ({drop['low']:+.4f} to "
+              f"{drop['high']:+.4f}) | {add_cell} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -155,8 +155,13 @@ def verify(folder: Path) -> dict:
         raise StackError(f"{path}: bundle format {got!r}, this stack reads {FORMAT!r}; re-export it with this "
                          "version's `stack export`")
     listed = manifest.get("files", {})
+    root = folder.resolve()
     for rel, want in listed.items():
         file = folder / rel
+        if file.is_symlink():
+            raise StackError(f"{file}: a link, not a file of the bundle; copy the bundle without links")
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not file.resolve().is_relative_to(root):
+            raise StackError(f"{path}: file {rel!r} is outside the bundle; re-export it")
         if not file.is_file():
             raise StackError(f"{file}: missing (listed in {MANIFEST}); copy the whole bundle again")
         if file.stat().st_size != want["bytes"] or sha256(file) != want["sha256"]:
@@ -179,7 +184,7 @@ def load_bundle(folder: Path):
     fitted = load_blend(folder / "blend")
 
     def member_folder(name):
-        found = folder / "members" / name
+        found = folder / "members" / paths.check_name(name)
         if not found.is_dir():
             raise StackError(f"{found}: missing; the blend needs member {name!r}; re-export the bundle")
         return found

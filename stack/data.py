@@ -46,6 +46,11 @@ def _require_columns(df: pd.DataFrame, path, required) -> None:
         )
 
 
+def _require_rows(df: pd.DataFrame, path) -> None:
+    if len(df) == 0:
+        raise StackError(f"{path}: no essays (a header and no rows); add at least one row")
+
+
 def _check_ids(df: pd.DataFrame, path) -> None:
     ids = df[ID]
     bad = ids.isna() | (ids.astype(str).str.strip() == "")
@@ -84,6 +89,7 @@ def read_train(path: str | Path, debug: bool = False, debug_rows: int = 48) -> p
     """Essays with scores: DataFrame[text_id, full_text, *TARGETS] in file order."""
     df = _read_csv(path)
     _require_columns(df, path, [ID, TEXT, *TARGETS])
+    _require_rows(df, path)
     df = df[[ID, TEXT, *TARGETS]].copy()
     _check_ids(df, path)
     _check_texts(df, path)
@@ -102,6 +108,7 @@ def essays_frame(df: pd.DataFrame, where) -> pd.DataFrame:
     """DataFrame[text_id, full_text] (strings) of ``df``, checked: both columns, unique non-empty ids, no empty
     essay; other columns are ignored. ``where`` names the source in errors (a file, or "essays")."""
     _require_columns(df, where, [ID, TEXT])
+    _require_rows(df, where)
     df = df[[ID, TEXT]].copy()
     _check_ids(df, where)
     _check_texts(df, where)

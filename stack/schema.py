@@ -14,6 +14,10 @@ PRED_COLS = tuple(f"pred_{t}" for t in TARGETS)
 EMB_PREFIX = "emb_"
 SCORE_MIN, SCORE_MAX, SCORE_STEP = 1.0, 5.0, 0.5
 META_KEY = b"stack"
+# Member kinds whose cached embeddings must not be fitted on (by a head or a feature blender): each row's OOF vector
+# came from a fold model trained on the other folds' labels, so a model fitted on them sees the labels of the rows
+# it is scored on.
+LEAKY_EMBEDDINGS = {"finetune": "its OOF embeddings come from fold models trained on the other folds' labels"}
 
 
 def emb_cols(dim: int) -> list[str]:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from stack import cache, paths
 from stack.errors import StackError
-from stack.schema import ID, TEXT
+from stack.schema import ID, TARGETS, TEXT
 
 
 class Scorer:
@@ -65,6 +65,8 @@ class Scorer:
         from stack.blend.persist import predict_blend
         from stack.data import essays_frame
 
+        if len(essays) == 0:  # nothing to score: an empty result with the columns a caller expects
+            return pd.DataFrame({ID: pd.Series(dtype=str), **{t: pd.Series(dtype=float) for t in TARGETS}})
         if isinstance(essays, pd.DataFrame):
             frame = essays_frame(essays, "essays")
         else:

@@ -149,10 +149,11 @@ def test_embeddings_plus_oof_predictions_in_one_feature_blender_are_refused(two_
     # same-fold CV of such a blender leaks the held-out labels through the stage-one heads (see run.LEAK)
     with pytest.raises(StackError, match="--features both lets ridge see"):
         run_blend(two_models, ["a", "b"], "ridge", "both")
-    with pytest.raises(StackError, match="--features both lets lgbm see"):
-        run_blend(two_models, ["a", "b"], "hill", "both", compare=["lgbm"])
-    r = run_blend(two_models, ["a", "b"], "stack", "both", compare=["hill"])  # members see one kind each
-    assert r["features"] == "both"
+    # a compared method that reads any features is scored on predictions when `both` is asked for
+    r = run_blend(two_models, ["a", "b"], "hill", "both", compare=["lgbm"])
+    assert r["methods"]["lgbm"]["features"] == "preds"
+    r = run_blend(two_models, ["a", "b"], "stack", "both")  # members see one kind each; default compare (ridge ...)
+    assert r["features"] == "both" and r["methods"]["ridge"]["features"] == "preds"
 
 
 def test_bad_blend_options_in_params_are_refused():
@@ -184,3 +185,16 @@ def test_stack_blend_never_imports_torch(tmp_path):
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_fine_tuned_members_oof_embeddings_never_feed_a_blender(project):
+    """Each row's OOF vector came from a fold model trained on the other folds' labels: a blender fitted on them
+    would see the labels of the rows it scores (the same leak a head over them refuses, tests/test_heads.py)."""
+    run_folds(load_params())
+    params = write_fake_models({"a": 0.3, "ft": 0.3})
+    (train, meta), (test, _) = cache.read_member("ft", "train"), cache.read_member("ft", "test")
+    cache.write_member("ft", train, test, {**meta, "kind": "finetune"})
+    r = run_blend(params, ["a", "ft"], "ridge", "emb", compare=["stack"])
+    assert r["methods"]["ridge"]["features"] == "emb"
+    layout = load_blend().layout
+    assert layout.emb_dims == (8, 0) and layout.pred_models == ("ft",)  # ft: predictions only

@@ -169,3 +169,45 @@ def test_scorer_validates_its_input_like_the_cli(fitted, bad, match):
 
     with pytest.raises(StackError, match=match):
         Scorer.load(fitted / "bundle").score(bad)
+
+
+def test_scoring_no_essays_returns_an_empty_frame_and_a_header_only_csv_is_one_line(fitted, tmp_path):
+    from stack.scorer import Scorer
+
+    scorer = Scorer.load(fitted / "bundle")
+    for nothing in ([], NEW.iloc[:0]):
+        out = scorer.score(nothing)
+        assert list(out.columns) == ["text_id", *TARGETS] and len(out) == 0
+    NEW.iloc[:0].to_csv(tmp_path / "empty.csv", index=False)
+    result = runner.invoke(app, ["predict", "--bundle", str(fitted / "bundle"), "--input", str(tmp_path / "empty.csv"),
+                                 "--out", str(tmp_path / "out.csv")])
+    assert result.exit_code == 2 and "empty.csv: no essays (a header and no rows)" in result.output
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_manifest_naming_files_outside_the_bundle_and_links_are_refused(copy, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("x")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for rel in ("../secret.txt", str(outside)):
+        bad = {**manifest, "files": {**manifest["files"], rel: {"sha256": "0" * 64, "bytes": 1}}}
+        (copy / "manifest.json").write_text(json.dumps(bad))
+        refused(copy, "is outside the bundle")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    readme = copy / "README.md"
+    readme.unlink()
+    readme.symlink_to(outside)
+    refused(copy, "README.md: a link, not a file of the bundle")
+
+
+def test_a_bundled_member_never_reaches_the_hub_or_weights_outside_it(copy):
+    member = copy / "members" / "minilm" / "member.json"
+    meta = json.loads(member.read_text())
+    meta["config_json"]["backbone"]["path"] = "/elsewhere/weights"
+    member.write_text(json.dumps(meta))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    from stack.bundle import sha256
+
+    manifest["files"]["members/minilm/member.json"] = {"sha256": sha256(member), "bytes": member.stat().st_size}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    refused(copy, "backbone path '/elsewhere/weights' is outside the bundle")

@@ -164,3 +164,13 @@ def test_mlp_head_learns_a_nonlinear_signal_and_predicts_without_torch():
     assert (err < 0.6 * Y[500:].std(0)).all()
     assert len(mlp.weights_) == 2 and set(mlp.weights_[0]) == {"w1", "b1", "w2", "b2"}
     assert all(isinstance(w, np.ndarray) for seed in mlp.weights_ for w in seed.values())  # numpy forward pass
+
+
+def test_average_counts_every_copy_of_a_duplicated_row():
+    X, Y = signal(n=120)
+    X[10], X[11], X[12] = X[5], X[5], X[5]  # the same essay text four times: identical embedding rows
+    folds = np.arange(120) % 3
+    heads = [KernelRidge(gamma_scales=(1.0,)).fit(X[folds != k], Y[folds != k]) for k in range(3)]
+    one = KernelRidge.average(heads)
+    assert len(one.support_) == 117
+    np.testing.assert_allclose(one.predict(X[:20]), np.mean([h.predict(X[:20]) for h in heads], axis=0), atol=1e-10)

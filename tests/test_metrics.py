@@ -32,3 +32,18 @@ def test_mean_predictor_on_train_scores_about_0653():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shapes differ"):
         mcrmse(np.zeros((3, 6)), np.zeros((2, 6)))
+
+
+def test_bootstrap_interval_holds_the_estimate_and_paired_gains_have_the_right_sign():
+    from stack.blend.intervals import bootstrap_ci, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(1, 5, (500, 6))
+    good, bad = y + rng.normal(0, 0.3, y.shape), y + rng.normal(0, 0.5, y.shape)
+    lo, hi = bootstrap_ci(y, good, n=300)
+    assert lo < mcrmse(y, good)[0] < hi and hi - lo < 0.05
+    g = paired_bootstrap(y, good, bad, n=300)
+    assert g["gain"] == pytest.approx(mcrmse(y, bad)[0] - mcrmse(y, good)[0])
+    assert 0 < g["low"] < g["gain"] < g["high"] and g["p_not_better"] == 0.0
+    same = paired_bootstrap(y, good, good, n=300)
+    assert same["gain"] == 0 and same["low"] == same["high"] == 0 and same["p_not_better"] == 1.0

@@ -55,10 +55,11 @@ def check_features(features: str) -> str:
     return features
 
 
-def make_layout(frames: dict[str, pd.DataFrame], models: list[str], features: str) -> Layout:
-    """Which columns of which model feed the blender; a model without embeddings contributes its predictions."""
+def make_layout(frames: dict[str, pd.DataFrame], models: list[str], features: str, no_emb=()) -> Layout:
+    """Which columns of which member feed the blender; a member without embeddings, or in ``no_emb`` (its
+    embeddings saw the labels: schema.LEAKY_EMBEDDINGS), contributes its predictions instead."""
     check_features(features)
-    dims = [len(emb_columns(frames[m])) if features in ("emb", "both") else 0 for m in models]
+    dims = [len(emb_columns(frames[m])) if features in ("emb", "both") and m not in no_emb else 0 for m in models]
     preds = [m for m, d in zip(models, dims) if features in ("preds", "both") or d == 0]
     return Layout(tuple(models), features, tuple(dims), tuple(preds))
 

@@ -18,11 +18,12 @@ import pandas as pd
 from stack import cache, paths
 from stack.blend.config import load_blend_config
 from stack.blend.features import aligned, check_features, make_layout, matrix
+from stack.blend.intervals import bootstrap_ci, paired_bootstrap
 from stack.blend.persist import FittedBlend, postprocess, predict_blend, save_blend
 from stack.blend.registry import BlendOptions, features_for, get_blender
 from stack.errors import StackError
-from stack.metrics import bootstrap_ci, mcrmse, paired_bootstrap
-from stack.schema import FOLD, ID, PRED_COLS, TARGETS
+from stack.metrics import mcrmse
+from stack.schema import FOLD, ID, LEAKY_EMBEDDINGS, PRED_COLS, TARGETS
 from stack.stages import Context, load_context
 
 
@@ -42,6 +43,11 @@ def load_frames(ctx: Context, models: list[str]):
         train.update(aligned({name: train[name]}, ctx.train[ID], str(paths.cache_file(name, "train"))))
         test.update(aligned({name: test[name]}, ctx.test[ID], str(paths.cache_file(name, "test"))))
     cache.check_fingerprints(metas, {"data": ctx.data_fp, "folds": ctx.folds_fp})
+    for name, meta in metas.items():  # a head must have been fitted on its input's current cache
+        source = meta.get("input")
+        if source and meta.get("input_config") != (metas.get(source) or cache.read_member(source, "test")[1])["config"]:
+            raise StackError(f"member {name!r} was fitted on another version of {source!r} (its cache has changed "
+                             f"since); run `stack fit {name}` (or `dvc repro`)")
     return train, test, metas
 
 
@@ -99,11 +105,17 @@ def check_honest(method: str, features: str) -> None:
         raise StackError(LEAK.format(method=method))
 
 
-def evaluate(method: str, features: str, train: dict, models: list[str], y, fold, options: BlendOptions) -> dict:
-    """Nested and in-sample CV of one method -> dict with arrays (``nested``, ``in_sample``) and the fitted blender."""
+
+
+def evaluate(method: str, features: str, train: dict, models: list[str], y, fold, options: BlendOptions,
+             kinds: dict | None = None) -> dict:
+    """Nested and in-sample CV of one method -> dict with arrays (``nested``, ``in_sample``) and the fitted blender.
+    ``kinds``: {member: kind}: a member whose OOF embeddings saw the labels (a fine-tuned one) is blended on its
+    predictions only."""
     entry = get_blender(method)
     check_honest(method, features)
-    layout = make_layout(train, models, features_for(method, features))
+    leaky = [m for m in models if (kinds or {}).get(m) in LEAKY_EMBEDDINGS]
+    layout = make_layout(train, models, features_for(method, features), leaky)
     X = matrix(train, layout)
     t0 = time.perf_counter()
     nested, in_sample, full = nested_and_in_sample(lambda: entry.make(layout, options), X, y, fold)
@@ -153,15 +165,18 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
     get_blender(method)
     check_features(features)
     compare = [m for m in (compare if compare is not None else cfg.compare) if m != method]
-    for m in [method, *compare]:
-        check_honest(m, features)
+    check_honest(method, features)
     options = options or options_from(cfg)
     try_rounding = cfg.round if try_rounding is None else try_rounding
     ctx = load_context(params)
     train, test, metas = load_frames(ctx, models)
     y, fold = ctx.y, ctx.fold
 
-    runs = {m: evaluate(m, features, train, models, y, fold, options) for m in dict.fromkeys([method, *compare])}
+    kinds = {m: meta.get("kind") for m, meta in metas.items()}
+    # a compared method that reads any features is scored on predictions when `both` is asked for (one blender
+    # must not see both); the chosen method was checked above
+    runs = {m: evaluate(m, features if m == method or features != "both" else "preds", train, models, y, fold,
+                        options, kinds) for m in dict.fromkeys([method, *compare])}
     chosen = runs[method]
     result, nested, use_round = summarize(y, runs, method, train, try_rounding, cfg.bootstrap)
     result["n_folds"] = int(len(np.unique(fold)))

@@ -107,8 +107,8 @@ class KernelRidge(RegressorBase):
         gammas = sorted({float(g) for h in heads for g in h.gammas_})
         duals = np.zeros((len(gammas), heads[0].duals_.shape[1], len(rows)))
         for h, idx in zip(heads, index):
-            for gamma, dual in zip(h.gammas_, h.duals_):
-                duals[gammas.index(float(gamma)), :, idx] += dual.T / len(heads)
+            for gamma, dual in zip(h.gammas_, h.duals_):  # add.at: identical rows (duplicate essays) all count
+                np.add.at(duals[gammas.index(float(gamma))], (slice(None), idx), dual / len(heads))
         out = cls(heads[0].gamma_scales, heads[0].alphas)
         for k in ("n_features_in_", "n_outputs_", "y_1d_"):
             setattr(out, k, getattr(heads[0], k))

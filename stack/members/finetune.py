@@ -159,7 +159,7 @@ class Finetune(Kind):
         """The architecture (tokenizer + config.json) and every fold's weights (+ outputs and configs with
         ``keep_folds``)."""
         _export(spec, src, dst, keep_folds)
-        return {}
+        return {"path": ARCHITECTURE, "packaged": None}  # the tokenizer and architecture travel; weights per fold
 
 
 def _saved_folds(folder, name: str) -> list[int]:

@@ -25,13 +25,11 @@ from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
-from stack.schema import ID
+from stack.schema import ID, LEAKY_EMBEDDINGS
 
 HEADS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
          "ridge": lambda c: Ridge(c.alphas), "mlp": lambda c: MLPHead(seeds=c.mlp_seeds)}
 NORMALIZE = ("layer", "row", "none")
-LEAKY = {"finetune": "its OOF embeddings come from fold models trained on the other folds' labels, so a head fitted "
-                     "on them sees the labels of the rows it scores"}
 
 
 @dataclass(frozen=True)
@@ -105,9 +103,10 @@ class Head(FeaturizedKind):
             df, meta = cache.read_member(cfg.input, split)
             cache.check_fingerprints({cfg.input: meta}, {"data": ctx.data_fp, "folds": ctx.folds_fp})
             frames[split] = df.set_index(ID).reindex(ids.to_numpy())
-        if meta["kind"] in LEAKY:
-            raise StackError(f"{where}: input {cfg.input!r} is a {meta['kind']} member: {LEAKY[meta['kind']]}; "
-                             "read a frozen, features or grammar member instead")
+        if meta["kind"] in LEAKY_EMBEDDINGS:
+            raise StackError(f"{where}: input {cfg.input!r} is a {meta['kind']} member: "
+                             f"{LEAKY_EMBEDDINGS[meta['kind']]}, so a head fitted on them sees the labels of the rows "
+                             "it scores; read a frozen, features or grammar member instead")
         if not cache.emb_columns(frames["train"]):
             raise StackError(f"{where}: input {cfg.input!r} caches no embeddings (emb_* columns) to fit a head on")
         X, X_test = (represent(frames[s][cache.emb_columns(frames[s])].to_numpy(), meta, cfg, where) for s in frames)

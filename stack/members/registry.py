@@ -144,8 +144,9 @@ def load_member(name: str, overrides: list[str] | None = None) -> MemberSpec:
     return build_spec(name, raw, str(path), backbone_over)
 
 
-def spec_from_json(config_json: dict, folder: Path, where: str) -> MemberSpec:
-    """The MemberSpec saved in ``member.json``; a relative backbone ``path`` is looked up beside it first."""
+def spec_from_json(config_json: dict, folder: Path, where: str, strict: bool = False) -> MemberSpec:
+    """The MemberSpec saved in ``member.json``; a relative backbone ``path`` is looked up beside it first.
+    ``strict`` (a bundle): the weights must be inside ``folder`` or in an installed package, never the hub."""
     member, bb = dict(config_json["member"]), config_json.get("backbone")
     if "device" in member:  # the machine scoring essays need not be the one that fitted the member
         member["device"] = "auto"
@@ -157,6 +158,11 @@ def spec_from_json(config_json: dict, folder: Path, where: str) -> MemberSpec:
         local = folder / backbone.path if backbone.path and not Path(backbone.path).is_absolute() else None
         if local is not None and (local / "config.json").is_file():
             backbone = dataclasses.replace(backbone, path=str(local))
+        if strict:
+            inside = local is not None and local.resolve().is_relative_to(Path(folder).resolve())
+            if backbone.path and not inside:
+                raise StackError(f"{where}: backbone path {backbone.path!r} is outside the bundle; re-export it")
+            backbone = dataclasses.replace(backbone, hub="")  # a bundle never downloads
         member["backbone"] = backbone
     return build_spec(member.get("name", folder.name), member, where)
 

@@ -108,5 +108,5 @@ def load_scorer(folder: Path, strict: bool = False) -> MemberScorer:
 
     folder = Path(folder)
     meta = read_member_json(folder)
-    spec = spec_from_json(meta["config_json"], folder, str(folder / MEMBER_JSON))
+    spec = spec_from_json(meta["config_json"], folder, str(folder / MEMBER_JSON), strict)
     return MemberScorer(spec.name, meta, spec.kind.scorer(spec, folder, strict), tuple(spec.kind.inputs(spec)))

@@ -81,6 +81,8 @@ class EmbeddingStore:
 
     def get(self, hashes: list[str]) -> np.ndarray:
         """Embeddings ``(len(hashes), d)`` float32 of stored essays, in the order given."""
+        if not hashes:
+            return np.empty((0, self.parts[0].shape[1] if self.parts else 0), np.float32)
         where = [self.index[h] for h in hashes]
         out = np.empty((len(hashes), self.parts[0].shape[1]), np.float32)
         for k, part in enumerate(self.parts):

@@ -19,7 +19,6 @@ before anything is read, and loads transformer weights from safetensors only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -27,19 +26,11 @@ import time
 from pathlib import Path
 
 from stack import paths
-from stack.cache import read_json
+from stack.cache import read_json, sha256
 from stack.errors import StackError
 
 FORMAT = "stack-bundle/1"
 MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -74,6 +65,9 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
     for name in list(metas):  # a head's input travels too, even if the blend does not weigh it
         for inp in [metas[name]["input"]] if "input" in metas[name] else []:
             metas.setdefault(inp, read_member_json(paths.member_dir(inp)))
+            if metas[name].get("input_config") != metas[inp]["config"]:
+                raise StackError(f"member {name!r} was fitted on another version of {inp!r}; run `stack fit {name}` "
+                                 "(or `dvc repro`) before exporting")
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -45,6 +45,17 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def sha256(path: Path) -> str:
+    """The file's SHA-256 (hex)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json(path: Path, hint: str) -> dict:
     """A JSON mapping this project wrote; a missing or unreadable file is one line naming it, then ``hint``."""
     if not path.is_file():

@@ -65,20 +65,26 @@ def device(requested: str = "auto", where: str = ""):
 
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if requested == "auto":
-        return _current(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     bad = f"{where}: device {requested!r} is not one of auto, cpu, cuda, cuda:<k>"
-    if not requested.startswith("cuda"):
+    if requested != "auto" and not requested.startswith("cuda"):
         raise StackError(bad)
+    if requested.startswith("cuda:") and world_size() > 1:
+        raise StackError(f"{where}: device {requested!r} puts every torchrun rank on one GPU; set `device: auto` "
+                         "(each rank takes its LOCAL_RANK's GPU)")
     try:
-        dev = torch.device(requested)
+        dev = torch.device("cuda" if requested == "auto" else requested)
     except RuntimeError:
         raise StackError(bad) from None
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if (dev.index or 0) >= visible:
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    index = dev.index if dev.index is not None else local
+    if index >= visible:
         seen = "1 CUDA device is" if visible == 1 else f"{visible or 'no'} CUDA devices are"
-        raise StackError(f"{where}: device {requested!r}, but {seen} visible; set `device: auto` (or cpu)")
-    return _current(dev if dev.index is not None else torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+        if dev.index is not None or not visible:
+            raise StackError(f"{where}: device {requested!r}, but {seen} visible; set `device: auto` (or cpu)")
+        raise StackError(f"{where}: this process would use GPU {index} (LOCAL_RANK), but {seen} visible; start one "
+                         "torchrun process per visible GPU")
+    return _current(torch.device("cuda", index))
 
 
 def _current(dev):

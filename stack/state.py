@@ -90,13 +90,13 @@ def save(obj, stem: Path, info: dict | None = None) -> list[Path]:
     """Write ``obj`` to ``<stem>.json`` (the tree, plus ``info``) and ``<stem>.safetensors``, each atomically."""
     from safetensors.numpy import save_file
 
-    from stack.cache import atomic_write
+    from stack.cache import atomic_write, sha256
 
     arrays: dict = {}
     tree = _encode(obj, arrays, str(stem))
-    doc = {"format": FORMAT, "tree": tree, **({"info": info} if info else {})}
     js, st = files(stem)
     atomic_write(st, lambda p: save_file(arrays, str(p)))
+    doc = {"format": FORMAT, "arrays_sha256": sha256(st), "tree": tree, **({"info": info} if info else {})}
     atomic_write(js, lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n"))
     return [js, st]
 
@@ -116,6 +116,8 @@ def load(stem: Path, hint: str = "rebuild it"):
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from stack.cache import sha256
+
     doc = read_doc(stem, hint)
     _, st = files(stem)
     if not st.is_file():
@@ -124,6 +126,8 @@ def load(stem: Path, hint: str = "rebuild it"):
         arrays = load_file(str(st))
     except (SafetensorError, OSError, ValueError) as e:
         raise StackError(f"{st}: unreadable ({str(e).splitlines()[0][:80]}); {hint}") from None
+    if doc.get("arrays_sha256") != sha256(st):  # written apart: both must be of the same save
+        raise StackError(f"{st}: does not belong to {files(stem)[0].name} (another save, or edited); {hint}")
     try:
         return _decode(doc["tree"], arrays, files(stem), hint)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a tree edited by hand

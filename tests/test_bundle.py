@@ -206,7 +206,7 @@ def test_a_bundled_member_never_reaches_the_hub_or_weights_outside_it(copy):
     meta["config_json"]["backbone"]["path"] = "/elsewhere/weights"
     member.write_text(json.dumps(meta))
     manifest = json.loads((copy / "manifest.json").read_text())
-    from stack.bundle import sha256
+    from stack.cache import sha256
 
     manifest["files"]["members/minilm/member.json"] = {"sha256": sha256(member), "bytes": member.stat().st_size}
     (copy / "manifest.json").write_text(json.dumps(manifest))

@@ -17,6 +17,7 @@ from stack.config import load_params
 from stack.errors import StackError
 from stack.members.frozen import FrozenConfig
 from stack.schema import TARGETS
+from stack.stages import run_folds
 
 from conftest import DATA, edit_yaml
 
@@ -227,10 +228,11 @@ def test_a_new_test_set_embeds_only_its_new_essays(project, tiny_bert_dir, monke
     from typer.testing import CliRunner
 
     from stack import cache, paths
+    from stack.backbones.loading import weights_stamp
     from stack.cli import app
     from stack.members.frozen import embedding_key
     from stack.members.registry import load_member
-    from stack.members.store import EmbeddingStore, text_hash
+    from stack.members.store import KEEP, EmbeddingStore, text_hash
 
     runner = CliRunner()
     for args in (["folds"], ["fit", "minilm"]):
@@ -252,17 +254,43 @@ def test_a_new_test_set_embeds_only_its_new_essays(project, tiny_bert_dir, monke
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     assert sorted(seen) == sorted(tuple(ids) for ids in encode(new["full_text"].tolist(), tok))
     texts = pd.read_csv("data/fb3/train.csv")["full_text"].tolist() + test["full_text"].tolist()
-    store = EmbeddingStore(paths.embedding_store("minilm"), embedding_key(load_member("minilm")))
+    spec = load_member("minilm")
+    store = EmbeddingStore(paths.embedding_store("minilm"), embedding_key(spec, weights_stamp(spec.backbone)))
     assert len(store) == 45 and store.missing([text_hash(t) for t in texts]) == []
     got, _ = cache.read_member("minilm", "test")
     assert got["text_id"].tolist() == test["text_id"].tolist()
     emb = cache.emb_columns(got)
     pd.testing.assert_frame_equal(got[emb].iloc[:3], old_test[emb], check_exact=True)  # reused as stored
 
-    # a config change that changes the embeddings starts a new key and drops the stale one
+    # a config change that changes the embeddings starts a new key; switching back costs nothing; only the
+    # KEEP most recently used keys stay
+    stamp = weights_stamp(spec.backbone)
+    default, first, second = (embedding_key(load_member("minilm", over), stamp) for over in ([], ["layers=[0]"],
+                                                                                             ["layers=[1]"]))
     changed = _frozen_fit(load_params(), ["layers=[-1]"])
     assert (changed["embedded"], changed["reused"]) == (45, 0)
-    assert [p.name for p in paths.embedding_store("minilm").iterdir()] == [embedding_key(load_member("minilm", ["layers=[-1]"]))]
+    assert (_frozen_fit(load_params())["embedded"]) == 0
+    for layer in (0, 1):
+        _frozen_fit(load_params(), [f"layers=[{layer}]"])
+    kept = {p.name for p in paths.embedding_store("minilm").iterdir()}
+    assert kept == {default, first, second} and len(kept) == KEEP  # layers=[-1], least recently used, is gone
+
+
+def test_other_weights_at_the_same_path_are_embedded_again(project, tiny_bert_dir, tmp_path):
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from conftest import TINY
+
+    copy = shutil.copytree(tiny_bert_dir, tmp_path / "encoder")
+    edit_yaml(project / "configs" / "backbones" / "minilm.yaml", path=str(copy))
+    run_folds(load_params())
+    assert _frozen_fit(load_params())["embedded"] == 43
+    assert _frozen_fit(load_params())["embedded"] == 0
+    torch.manual_seed(1)
+    BertModel(BertConfig(**TINY)).save_pretrained(copy)  # retrained weights, same architecture, same path
+    assert _frozen_fit(load_params())["embedded"] == 43
 
 
 def test_an_unreadable_part_is_embedded_again(project):

@@ -311,3 +311,16 @@ def test_heap_reuse_is_a_no_op_without_glibc(monkeypatch):
     monkeypatch.setattr(runtime, "_glibc", lambda: None)
     with heap_reuse() as applied:
         assert applied is False
+
+
+def test_torchrun_ranks_get_their_own_visible_gpu_or_a_clear_line(monkeypatch):
+    current = _cuda(monkeypatch, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a second rank on a machine with one visible GPU
+    with pytest.raises(StackError, match=f"^{WHERE}: this process would use GPU 1 \\(LOCAL_RANK\\), but 1 CUDA device "
+                                         "is visible; start one torchrun process per visible GPU"):
+        runtime.device("auto", WHERE)
+    with pytest.raises(StackError, match="device 'cuda:0' puts every torchrun rank on one GPU; set `device: auto`"):
+        runtime.device("cuda:0", WHERE)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert runtime.device("auto", WHERE) == CUDA0 and current == [CUDA0]

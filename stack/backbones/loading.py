@@ -136,6 +136,21 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def weights_stamp(cfg) -> str:
+    """What identifies the weights ``cfg`` resolves to: the SHA-256 of a local folder's weight files, or the hub id."""
+    import hashlib
+
+    source, local = resolve_source(cfg)
+    if not local:
+        return f"hub:{source}"
+    h = hashlib.sha256()
+    for weights in sorted(Path(source).glob("*.safetensors")) + sorted(Path(source).glob("*.bin")):
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def n_hidden_states(cfg) -> int:
     """Hidden states the backbone returns (embeddings + each layer), from its config.json alone (no weights)."""
     from transformers import AutoConfig

@@ -91,6 +91,7 @@ class Finetune(Kind):
     name = "finetune"
     config = TrainConfig
     uses_backbone = True
+    distributed = True
 
     def check(self, spec) -> None:
         validate(spec.cfg, spec.where)

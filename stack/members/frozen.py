@@ -25,6 +25,7 @@ from stack.members.registry import register
 
 BACKBONE = "backbone"  # a bundle's copy of the weights, beside member.json
 EMBED_KEYS = ("max_len", "stride", "truncate", "pooling", "layers", "layer_mode", "layer_weights", "precision")
+EMBEDDER_VERSION = 1  # bump when the chunking, pooling or embedding code changes what it computes
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,21 @@ def pooling_spec(cfg):
     return PoolingSpec(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))
 
 
+def scoring_precision(fitted: str | None, spec) -> str | None:
+    """The precision to embed new essays in: the one the heads were fitted on, where this machine computes it
+    natively; else fp32 (auto), with a warning, since embeddings then differ slightly from the fitted ones."""
+    import warnings
+
+    if fitted in (None, "fp32"):
+        return fitted
+    device = runtime.device(spec.cfg.device, spec.where)
+    if runtime.precision("auto", device, spec.where) == fitted:
+        return fitted
+    warnings.warn(f"{spec.name}: fitted on {fitted} embeddings, which this machine does not compute natively; "
+                  "embedding in fp32 (scores may differ slightly)", stacklevel=2)
+    return None
+
+
 def blocks(cfg, n_states: int | None) -> list[dict] | None:
     """What each ``emb_*`` block of ``hidden size`` columns holds, in column order: its hidden state (``layer``,
     counted from 0 = embeddings; None where layers are mixed) and its pooling. Heads select blocks by layer."""
@@ -66,10 +82,11 @@ def blocks(cfg, n_states: int | None) -> list[dict] | None:
     return [{"layer": layer, "pooling": p} for layer in layers for p in cfg.pooling]
 
 
-def embedding_key(spec) -> str:
-    """What decides a stored embedding: where the weights come from and how essays are chunked and pooled."""
+def embedding_key(spec, weights: str) -> str:
+    """What decides a stored embedding: the weights (``weights_stamp``), how essays are chunked and pooled, and the
+    version of the code that does it."""
     cfg = spec.cfg
-    return sha256_json({"backbone": spec.backbone.source(), **{k: getattr(cfg, k) for k in EMBED_KEYS}})
+    return sha256_json({"weights": weights, "version": EMBEDDER_VERSION, **{k: getattr(cfg, k) for k in EMBED_KEYS}})
 
 
 @register
@@ -95,16 +112,18 @@ class Frozen(FeaturizedKind):
 
     def open_store(self, spec):
         """The member's embedding store and its backbone, loaded on first need and kept for the test essays."""
+        from stack.backbones.loading import weights_stamp
         from stack.members.store import EmbeddingStore
 
-        return EmbeddingStore(paths.embedding_store(spec.name), embedding_key(spec)), []
+        stamp = weights_stamp(spec.backbone)
+        return EmbeddingStore(paths.embedding_store(spec.name), embedding_key(spec, stamp)), [], stamp
 
     def features(self, spec, texts, store):
         from stack.members.store import text_hash
 
         if store is None:
             return self._embed(spec, texts, self._load(spec))[0], {}
-        store, loaded = store
+        store, loaded, stamp = store
         hashes = [text_hash(t) for t in texts]
         todo = store.missing(hashes)
         if todo:
@@ -121,7 +140,7 @@ class Frozen(FeaturizedKind):
         info = {"essays": len(texts), "embedded": len(todo), "reused": len(set(hashes)) - len(todo),
                 "precision": store.precision, "peak_rss_mb": peak,
                 "extra": {"precision": store.precision, "blocks": blocks(spec.cfg, store.n_states),
-                          "n_states": store.n_states}}
+                          "n_states": store.n_states, "weights": stamp}}
         return store.get(hashes), info
 
     def _load(self, spec, strict: bool = False):
@@ -143,19 +162,26 @@ class Frozen(FeaturizedKind):
             return embed_texts(texts, tokenizer, model, cfg, spec.where, precision, bar.update, on_shard, encoded)
 
     def featurizer(self, spec, folder: Path, strict: bool):
-        loaded = []
+        from stack.members.run import read_member_json
+
+        loaded, fitted = [], read_member_json(folder).get("precision")
 
         def featurize(texts, upstream):
             loaded[:] = loaded or [self._load(spec, strict)]
-            return self._embed(spec, texts, loaded[0])[0]
+            return self._embed(spec, texts, loaded[0], scoring_precision(fitted, spec))[0]
 
         return featurize
 
     def export(self, spec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
         """The heads, and the backbone's tokenizer + weights as safetensors in ``dst/backbone/`` -- or, with
         ``by_reference`` and a packaged backbone, a reference to its package."""
-        from stack.backbones.loading import packaged_folder
+        from stack.backbones.loading import packaged_folder, weights_stamp
+        from stack.members.run import read_member_json
 
+        fitted = read_member_json(src).get("weights")
+        if fitted and weights_stamp(spec.backbone) != fitted:
+            raise StackError(f"{spec.backbone.where}: the weights differ from those `stack fit {spec.name}` embedded "
+                             f"with; run `stack fit {spec.name}` (or `dvc repro`) before exporting")
         super().export(spec, src, dst, keep_folds, by_reference)
         if by_reference and spec.backbone.packaged and not spec.backbone.path and packaged_folder(spec.backbone.packaged):
             return {}

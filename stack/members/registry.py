@@ -58,6 +58,7 @@ class Kind:
     name: ClassVar[str] = ""
     config: ClassVar[type] = object
     uses_backbone: ClassVar[bool] = False
+    distributed: ClassVar[bool] = False  # fits under torchrun (DDP); others run in one process
 
     def check(self, spec: MemberSpec) -> None:
         """Value checks the types cannot express, before any data or weights load (StackError naming the key)."""

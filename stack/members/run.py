@@ -31,6 +31,9 @@ def fit_member(name: str, params, overrides: list[str] | None = None) -> dict:
 
     spec = load_member(name, overrides)
     check_stage(spec, params)
+    if runtime.world_size() > 1 and not spec.kind.distributed:
+        raise StackError(f"{spec.where}: a {spec.kind.name} member runs in one process (only fine-tuning uses "
+                         f"torchrun's ranks); run `stack fit {name}` without torchrun")
     ctx = load_context(params)
     t0 = time.perf_counter()
     folder = paths.member_dir(name)

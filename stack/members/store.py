@@ -3,8 +3,9 @@
 Each part holds ``text_hash`` (SHA-256 of the essay's UTF-8 text) and ``emb_*`` columns; ``key`` hashes what
 decides an embedding (where the weights come from, chunking, pooling, layers, precision). Pointing ``data.test``
 at a new CSV embeds only essays never seen before, and a killed run resumes at the first shard not yet written
-(shards are written as they finish, each atomically). A new key (a config change) starts an empty folder and
-removes the other keys' folders. The folder is not a DVC output: like DVC's own cache it only saves work.
+(shards are written as they finish, each atomically). A new key (a config change) starts an empty folder; the
+``KEEP`` most recently used keys are kept (switching a config back costs nothing), older ones are removed. The
+folder is not a DVC output (and .dvcignore hides it): like DVC's own cache it only saves work.
 
     store = EmbeddingStore(Path("cache/mpnet/embeddings"), key)
     todo = store.missing(hashes)          # unique hashes not stored yet, in first-seen order
@@ -15,6 +16,7 @@ removes the other keys' folders. The folder is not a DVC output: like DVC's own 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from stack.errors import StackError
 from stack.schema import emb_cols
 
 HASH = "text_hash"
+KEEP = 3  # keys (configs) whose embeddings are kept
 
 
 def text_hash(text: str) -> str:
@@ -39,6 +42,8 @@ class EmbeddingStore:
         self.index: dict[str, tuple[int, int]] = {}  # hash -> (part, row)
         self.precision: str | None = None
         self.n_states: int | None = None  # hidden states of the backbone (the embedding's layer blocks)
+        if self.dir.is_dir():
+            os.utime(self.dir)  # used now: the most recent key
         for tmp in self.dir.glob(".part-*.tmp-*") if self.dir.is_dir() else []:  # a killed write's leftovers
             tmp.unlink(missing_ok=True)
         for path in sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []:
@@ -65,10 +70,11 @@ class EmbeddingStore:
 
     def add(self, hashes: list[str], emb: np.ndarray, precision: str, n_states: int | None = None) -> None:
         """Store one shard: ``hashes`` (n,) and ``emb`` ``(n, d)``, written atomically as a new part."""
-        if not self.parts and self.root.is_dir():  # a new key: the other keys' embeddings are stale
-            for old in self.root.iterdir():
-                if old.is_dir() and old.name != self.key:
-                    shutil.rmtree(old, ignore_errors=True)
+        if not self.parts and self.root.is_dir():  # a new key: keep the most recently used others
+            others = sorted((p for p in self.root.iterdir() if p.is_dir() and p.name != self.key),
+                            key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in others[KEEP - 1:]:
+                shutil.rmtree(old, ignore_errors=True)
         self.precision = self.precision or precision
         self.n_states = self.n_states or n_states
         df = pd.concat([pd.DataFrame({HASH: list(hashes)}), pd.DataFrame(np.asarray(emb, np.float32),

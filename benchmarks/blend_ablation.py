@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 
 from stack.blend.config import blend_models, load_blend_config
+from stack.blend.intervals import paired_bootstrap
 from stack.blend.run import evaluate, load_frames, options_from
 from stack.config import load_params
-from stack.metrics import mcrmse, paired_bootstrap
+from stack.metrics import mcrmse
 from stack.stages import load_context
 
 

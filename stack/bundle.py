@@ -118,8 +118,10 @@ def _readme(manifest: dict) -> str:
 Scores English-language-learner essays on six traits (cohesion, syntax, vocabulary, phraseology, grammar,
 conventions; 1.0-5.0). Made by stack {manifest['versions']['stack']} on {manifest['created']}.
 
+Install the `stack` project (version {manifest['versions']['stack']}, from its repository: `pip install .` there;
+on Kaggle, a wheel of it uploaded as a dataset), then:
+
 ```bash
-pip install stack  # the same major version: {manifest['versions']['stack']}
 stack predict --bundle THIS_FOLDER --input essays.csv --out scores.csv     # CSV with text_id, full_text
 ```
 

@@ -64,11 +64,6 @@ def member_dir(name: str) -> Path:
     return MODELS / check_name(name)
 
 
-def fold_dir(name: str, fold: int) -> Path:
-    """Fine-tuned weights (safetensors), outputs and the resolved config of one fold."""
-    return member_dir(name) / f"fold{fold}"
-
-
 def live_dir(name: str) -> Path:
     """DVCLive folder of a fine-tuning run: ``metrics.json`` and ``plots/metrics/fold<k>/`` (kept with the folds)."""
     return member_dir(name) / "live"

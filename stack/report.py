@@ -153,6 +153,8 @@ def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> s
         f"- in-sample MCRMSE {b['in_sample']['mcrmse']:.4f} (fitted on all OOF rows; optimistic by {b['optimism']:.4f})\n",
         f"- best single member {cv['best_single']['model']} {cv['best_single']['mcrmse']:.4f}: the blend gains "
         f"{cv['gain_over_best_single']:.4f}{_gain(cv.get('gain_over_best_single_ci95'))}\n",
+        "- the members, their settings and the method were chosen by nested CV on these same essays: the figures "
+        "carry a small selection effect\n",
         f"- rounding to the 0.5 grid: {'applied' if cv['rounding']['applied'] else 'not applied'} "
         f"(nested MCRMSE rounded {cv['rounding']['nested_rounded']:.4f}"
         f"{'' if cv['rounding']['tried'] else ', not tried'})\n\n",

@@ -174,3 +174,40 @@ def test_average_counts_every_copy_of_a_duplicated_row():
     one = KernelRidge.average(heads)
     assert len(one.support_) == 117
     np.testing.assert_allclose(one.predict(X[:20]), np.mean([h.predict(X[:20]) for h in heads], axis=0), atol=1e-10)
+
+
+@pytest.mark.parametrize("model", ["svr", "ridge", "mlp"])
+def test_every_head_model_fits_through_the_member_and_scores_like_the_cache(fitted_input, model):
+    import pandas as pd
+
+    from stack.schema import TARGETS
+
+    ok("fit", "minilm-krr", "--set", f"head={model}", "--set", "mlp_seeds=1")
+    ok("blend", "--models", "minilm-krr")
+    ok("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv")
+    sub, scores = pd.read_csv("submission.csv"), pd.read_csv("scores.csv")
+    np.testing.assert_allclose(scores[list(TARGETS)].to_numpy(), sub[list(TARGETS)].to_numpy(), atol=1e-6, rtol=0)
+
+
+def test_a_saved_mlp_head_predicts_in_a_process_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from stack import state
+    from stack.heads.mlp import MLPHead
+
+    X, Y = signal(n=120)
+    mlp = MLPHead(hidden=8, max_epochs=3, seeds=1).fit(X[:100], Y[:100])
+    state.save(mlp, tmp_path / "mlp")
+    np.save(tmp_path / "x.npy", X[100:])
+    code = ("import sys\n"
+            "class NoTorch:  # any import of torch now fails\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch': raise ImportError('torch is blocked')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "import numpy as np; from stack import state; import stack.heads.mlp\n"
+            f"p = state.load(__import__('pathlib').Path({str(tmp_path / 'mlp')!r})).predict(np.load({str(tmp_path / 'x.npy')!r}))\n"
+            f"np.save({str(tmp_path / 'p.npy')!r}, p)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), mlp.predict(X[100:]), atol=1e-12)

@@ -26,6 +26,7 @@ def test_minilm_fine_tune_one_fold(tmp_path, monkeypatch):
     from stack.members import fit_member
     from stack.metrics import mcrmse
     from stack.stages import load_context, run_folds
+    from stack.train import store
 
     for name in ("params.yaml",):
         shutil.copy(ROOT / name, tmp_path / name)
@@ -39,7 +40,7 @@ def test_minilm_fine_tune_one_fold(tmp_path, monkeypatch):
     extra = os.environ.get("STACK_PROOF_SET", "").split()  # e.g. "max_len=384 batch_size=16"
     result = fit_member("minilm-ft", params, ["folds=[0]", f"epochs={epochs}", f"threads={threads}", *extra])
     fold = result["folds"][0]
-    saved = json.loads((paths.fold_dir("minilm-ft", 0) / "config.json").read_text())  # the per-epoch history
+    saved = json.loads((store.fold_dir(paths.member_dir("minilm-ft"), 0) / "config.json").read_text())  # the per-epoch history
     ctx = load_context(params)
     valid = ctx.fold == 0
     baseline, _ = mcrmse(ctx.y[valid], np.tile(ctx.y[~valid].mean(0), (valid.sum(), 1)))

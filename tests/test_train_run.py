@@ -73,7 +73,7 @@ def test_fit_writes_fold_artifacts_and_the_cache_stage_two_reads(trained):
         got = train.set_index(ID).loc[out["valid_ids"], list(PRED_COLS)].to_numpy()
         np.testing.assert_allclose(got, out["valid_pred"], rtol=1e-6)
         assert set(out["valid_ids"]) == set(ctx.train[ID][ctx.fold == k])
-        folder = paths.fold_dir(MEMBER, k)
+        folder = store.fold_dir(paths.member_dir(MEMBER), k)
         assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "outputs.safetensors"}
         saved = json.loads((folder / "config.json").read_text())
         assert saved["member"]["max_len"] == 48 and saved["backbone"]["name"] == "minilm" and saved["fold"] == k
@@ -140,7 +140,7 @@ def test_load_scorer_reproduces_the_members_test_predictions(encoder, request, t
 
 def test_resume_skips_finished_folds_and_retrains_changed_ones(trained):
     params, first = trained
-    weights = paths.fold_dir(MEMBER, 0) / "model.safetensors"
+    weights = store.fold_dir(paths.member_dir(MEMBER), 0) / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     again = fit_member(MEMBER, params, FAST)
     assert all(f["skipped"] for f in again["folds"].values()) and not again["pending"]
@@ -148,7 +148,7 @@ def test_resume_skips_finished_folds_and_retrains_changed_ones(trained):
     assert again["mcrmse"] == pytest.approx(first["mcrmse"])
     assert again["folds"][0]["mcrmse"] == pytest.approx(first["folds"][0]["mcrmse"])
     # a killed run: fold 1 never finished -> only fold 1 trains
-    (paths.fold_dir(MEMBER, 1) / "outputs.safetensors").unlink()
+    (store.fold_dir(paths.member_dir(MEMBER), 1) / "outputs.safetensors").unlink()
     resumed = fit_member(MEMBER, params, FAST)
     assert resumed["folds"][0]["skipped"] and not resumed["folds"][1]["skipped"]
     assert weights.stat().st_mtime_ns == stamp
@@ -171,8 +171,8 @@ def test_fitting_some_folds_writes_no_cache(project, one_thread):
     assert result.exit_code == 0, result.output
     assert "fold 0: MCRMSE" in result.output and "fold 1:" not in result.output
     assert "folds 1 not fitted yet; the cache is written once every fold is done" in result.output
-    assert (paths.fold_dir(MEMBER, 0) / "outputs.safetensors").is_file()
-    assert not paths.fold_dir(MEMBER, 1).exists()
+    assert (store.fold_dir(paths.member_dir(MEMBER), 0) / "outputs.safetensors").is_file()
+    assert not store.fold_dir(paths.member_dir(MEMBER), 1).exists()
     assert not paths.member_cache(MEMBER).exists() and not (paths.member_dir(MEMBER) / "member.json").exists()
     assert not paths.member_metrics(MEMBER).exists()
     rest = fit_member(MEMBER, params, FAST + ["folds=[1]"])  # the other fold completes the member

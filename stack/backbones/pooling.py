@@ -41,6 +41,11 @@ class PoolingSpec:
     layer_mode: str = "concat"
     layer_weights: tuple[float, ...] = ()
 
+    @classmethod
+    def of(cls, cfg) -> PoolingSpec:
+        """The pooling keys of a member config (frozen or fine-tuned: the same keys)."""
+        return cls(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))
+
     def check(self, trainable: bool) -> None:
         """ValueError (one line, listing the valid words) for unknown or, in a frozen member, trainable poolings."""
         for name in self.pooling:

@@ -19,7 +19,7 @@ from stack.errors import StackError
 from stack.schema import ID, PRED_COLS
 from stack.state import savable
 
-FEATURES = ("emb", "preds", "both")
+FEATURE_SETS = ("emb", "preds", "both")
 
 
 @savable
@@ -50,8 +50,8 @@ class Layout:
 
 
 def check_features(features: str) -> str:
-    if features not in FEATURES:
-        raise StackError(f"unknown features {features!r} (valid: {', '.join(FEATURES)})")
+    if features not in FEATURE_SETS:
+        raise StackError(f"unknown features {features!r} (valid: {', '.join(FEATURE_SETS)})")
     return features
 
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from stack import cache, paths
+from stack import __version__, cache, paths
 from stack.blend.config import load_blend_config
 from stack.blend.features import aligned, check_features, make_layout, matrix
 from stack.blend.intervals import bootstrap_ci, paired_bootstrap
@@ -184,7 +184,7 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
     fitted = FittedBlend(
         method=method, layout=chosen["layout"], estimator=chosen["estimator"], round_to_grid=bool(use_round),
         fingerprints={"data": ctx.data_fp, "folds": ctx.folds_fp, "models": {n: metas[n].get("config") for n in models}},
-        cv={"nested": blend_score["mcrmse"], "in_sample": in_sample["mcrmse"]}, version=__import__("stack").__version__,
+        cv={"nested": blend_score["mcrmse"], "in_sample": in_sample["mcrmse"]}, version=__version__,
     )
     # Timings vary run to run: they go to models/blend/blend.json, not to the metrics DVC compares.
     seconds = {m: round(r["seconds"], 2) for m, r in runs.items()}

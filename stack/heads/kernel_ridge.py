@@ -2,7 +2,7 @@
 
 The width is set relative to the data, label-free: ``gamma = scale / (2 * median squared distance)`` between the
 training rows, for each ``scale`` in ``gamma_scales``. For each width the centred kernel is eigendecomposed once and
-every alpha's leave-one-out error costs a matrix product (stack.heads.ridge.loo_ridge in its dual form), so the
+every alpha's leave-one-out error costs a matrix product (stack.heads.ridge.loo_errors, as the ridge's), so the
 (gamma, alpha) grid is cheap; each target keeps the pair with the lowest LOO error. The fitted model is a kernel
 expansion over its support rows (float32), one dual vector per target and kernel width.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from stack.heads.base import RegressorBase
+from stack.heads.ridge import loo_errors
 from stack.state import savable
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 2, 11))
@@ -29,21 +30,14 @@ def sq_dists(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 def loo_dual(K: np.ndarray, Y: np.ndarray, alphas: np.ndarray):
     """Kernel ridge with an unpenalised intercept on kernel ``K (n, n)`` and ``Y (n, k)``: exact LOO MSE of each alpha
     ``(len(alphas), k)`` and the eigensystem of the centred kernel (lam, Q, Q' Y_centred)."""
-    n = len(K)
     Kc = K - K.mean(0, keepdims=True)
     Kc -= Kc.mean(1, keepdims=True)
     lam, Q = np.linalg.eigh(Kc)
     keep = lam > max(lam.max(), 0.0) * 1e-12
     lam, Q = lam[keep], Q[:, keep]
     Yc = Y - Y.mean(0)
-    QtY, Q2 = Q.T @ Yc, Q**2
-    errors = np.empty((len(alphas), Y.shape[1]))
-    for i, a in enumerate(alphas):
-        shrink = lam / (lam + a)
-        fitted = Q @ (shrink[:, None] * QtY)
-        h = 1.0 / n + Q2 @ shrink
-        errors[i] = np.mean(((Yc - fitted) / (1.0 - h)[:, None]) ** 2, axis=0)
-    return errors, lam, Q, QtY
+    QtY = Q.T @ Yc
+    return loo_errors(lam, Q, QtY, Yc, alphas), lam, Q, QtY
 
 
 @savable

@@ -83,6 +83,9 @@ class MLPHead(RegressorBase):
                                                                                       net[4].weight, net[4].bias)]
             elif (waited := waited + 1) >= self.patience:
                 break
+        if best_state is None:  # the held-out loss was never finite: keep the last weights
+            best_state = [p.detach().numpy().astype(np.float64).copy() for p in (net[1].weight, net[1].bias,
+                                                                                  net[4].weight, net[4].bias)]
         w1, b1, w2, b2 = best_state
         return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, epochs
 

@@ -21,6 +21,20 @@ from stack.state import savable
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
+def loo_errors(lam: np.ndarray, U: np.ndarray, UtY: np.ndarray, Y: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """Exact leave-one-out MSE ``(len(alphas), k)`` of ridge with an unpenalised intercept, from the eigensystem of
+    the centred Gram (or kernel) matrix: eigenvalues ``lam (r,)``, eigenvectors ``U (n, r)``, ``U' Y`` and the
+    centred ``Y (n, k)``. Each alpha costs one matrix product."""
+    n, U2 = len(U), U**2
+    errors = np.empty((len(alphas), Y.shape[1]))
+    for i, a in enumerate(alphas):
+        shrink = lam / (lam + a)  # (r,)
+        fitted = U @ (shrink[:, None] * UtY)  # (n, k), Y centred so the intercept adds 0
+        h = 1.0 / n + U2 @ shrink  # (n,) leverage incl. the intercept
+        errors[i] = np.mean(((Y - fitted) / (1.0 - h)[:, None]) ** 2, axis=0)
+    return errors
+
+
 def loo_ridge(X, Y: np.ndarray, alphas: np.ndarray):
     """Ridge on ``X (n, p)`` (centred if dense; sparse X is centred implicitly) and centred ``Y (n, k)``, alpha per
     target by exact leave-one-out error. The intercept is unpenalised (the constant direction is the smoother's
@@ -39,13 +53,7 @@ def loo_ridge(X, Y: np.ndarray, alphas: np.ndarray):
     lam, Q = lam[keep], Q[:, keep]
     U = Q if dual else (X @ Q) / np.sqrt(lam)  # (n, r): left singular vectors of the centred X
     UtY = U.T @ Y  # (r, k)
-    U2 = U**2
-    errors = np.empty((len(alphas), Y.shape[1]))
-    for i, a in enumerate(alphas):
-        shrink = lam / (lam + a)  # (r,)
-        fitted = U @ (shrink[:, None] * UtY)  # (n, k), Y centred so the intercept adds 0
-        h = 1.0 / n + U2 @ shrink  # (n,) leverage incl. the intercept
-        errors[i] = np.mean(((Y - fitted) / (1.0 - h)[:, None]) ** 2, axis=0)
+    errors = loo_errors(lam, U, UtY, Y, alphas)
     alpha = alphas[np.argmin(errors, axis=0)]
     if dual:  # the dual coefficients sum to 0 (Q is orthogonal to the constant), so X' A = X_centred' A
         coef = X.T @ (Q @ (UtY / (lam[:, None] + alpha[None, :])))

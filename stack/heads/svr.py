@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from stack.heads.base import RegressorBase
+from stack.heads.kernel_ridge import sq_dists
 from stack.state import savable
 
 SCALINGS = ("standard", "l2", "none")
@@ -19,8 +20,7 @@ SCALINGS = ("standard", "l2", "none")
 
 def rbf(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
     """``exp(-gamma * |a - b|^2)`` for every row pair -> ``(len(A), len(B))``."""
-    sq = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * (A @ B.T)
-    return np.exp(-gamma * np.maximum(sq, 0.0))
+    return np.exp(-gamma * sq_dists(A, B))
 
 
 @savable

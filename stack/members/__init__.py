@@ -2,7 +2,8 @@
 
 ``frozen`` (a transformer's pooled hidden states + ridge), ``finetune`` (a transformer fine-tuned per fold),
 ``tfidf`` (word + char n-grams + ridge), ``features`` (text statistics + ridge), ``grammar`` (error rates of an
-ONNX grammar tagger + ridge), ``head`` (kernel ridge, SVR or ridge over another member's cached embeddings). Every kind turns essays into OOF/test predictions (+ embeddings) on the fixed folds
+ONNX grammar tagger + ridge), ``lgbm`` (LightGBM on text statistics + an SVD of TF-IDF), ``head`` (kernel ridge,
+SVR, ridge or a small MLP over another member's cached embeddings). Every kind turns essays into OOF/test predictions (+ embeddings) on the fixed folds
 (``stack fit NAME``), saves what scoring new essays needs in ``models/<name>/`` and reloads it (``load_scorer``).
 Importing this package registers every kind; torch is imported only when a transformer kind runs.
 

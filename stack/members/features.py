@@ -26,7 +26,7 @@ from stack.errors import StackError
 from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
-from stack.members.style import STYLE, style_stats
+from stack.members.style import STYLE, WORD, style_stats
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class FeaturesConfig:
     head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 
 
-WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 SENT = re.compile(r"[^.!?\n]+[.!?]*")
 FEATURES = (
     "log_chars", "log_words", "log_sentences", "paragraphs", "sent_len_mean", "sent_len_std", "sent_len_max",

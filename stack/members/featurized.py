@@ -48,8 +48,8 @@ class FeaturizedKind(Kind):
 
     def fit_features(self, spec, ctx):
         """-> (X of the training essays, X of the test essays, info). Train and test essays are featurized apart,
-        so that `stack predict` on the test CSV batches the test essays exactly as here (and reproduces
-        submission.csv)."""
+        so that `stack predict` on the same test CSV, on the same machine, batches them as here (and reproduces
+        submission.csv); elsewhere, or with essays embedded earlier, expect float rounding differences."""
         store = self.open_store(spec)
         X, info = self.features(spec, ctx.train[TEXT].tolist(), store)
         X_test, info_test = self.features(spec, ctx.test[TEXT].tolist(), store)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stack import runtime
+from stack import __version__, runtime
 from stack.config import sha256_json
 from stack.errors import StackError
-from stack.members.registry import Fitted, Kind, register
+from stack.members.registry import Fitted, Kind, check_transformer, register
 from stack.metrics import mcrmse
 from stack.schema import ID, PRED_COLS, TEXT
 from stack.train.config import TrainConfig, validate
@@ -62,7 +62,7 @@ def _train_one(spec, ctx, fold: int, h: str, encoded: dict, live, folder, device
                    "test_feats": test_feats, "valid_ids": ctx.train[ID].iloc[valid].tolist(), "test_ids": ctx.test[ID].tolist()}
         config = {**spec.config_json(), "fold": fold, "data": ctx.data_fp, "folds": ctx.folds_fp,
                   "kept_epoch": res.kept_epoch, "precision": res.precision, "history": res.history,
-                  "version": __import__("stack").__version__}
+                  "version": __version__}
         store.save_fold(folder, fold, res.model, outputs, config, h)
     dist.barrier()
     return {"mcrmse": res.history[res.kept_epoch - 1]["valid_mcrmse"], "precision": res.precision}
@@ -95,11 +95,7 @@ class Finetune(Kind):
 
     def check(self, spec) -> None:
         validate(spec.cfg, spec.where)
-        runtime.precision(spec.cfg.precision, runtime.device(spec.cfg.device, spec.where), spec.where)
-        limit = spec.backbone.max_positions
-        if limit is not None and spec.cfg.max_len > limit:
-            raise StackError(f"{spec.where}: max_len {spec.cfg.max_len} exceeds the {limit} positions of backbone "
-                             f"{spec.backbone.name!r}; set max_len <= {limit}")
+        check_transformer(spec)
 
     def fit(self, spec, ctx, folder) -> Fitted:
         from stack.train import dist, store
@@ -141,8 +137,7 @@ class Finetune(Kind):
             from stack.train.store import load_weights
 
             device = runtime.device("auto")
-            prec = runtime.precision("auto" if cfg.precision == "fp16" and device.type != "cuda" else cfg.precision,
-                                     device, spec.where)
+            prec = runtime.precision(cfg.precision, device, spec.where)  # fp16 without CUDA: auto (spec_from_json)
             preds, feats = [], []
             for k in folds:
                 tokenizer, model = model_from_folder(cfg, folder / ARCHITECTURE, spec.where)

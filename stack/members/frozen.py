@@ -21,7 +21,7 @@ from stack.config import sha256_json
 from stack.errors import StackError
 from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
-from stack.members.registry import register
+from stack.members.registry import check_transformer, register
 
 BACKBONE = "backbone"  # a bundle's copy of the weights, beside member.json
 EMBED_KEYS = ("max_len", "stride", "truncate", "pooling", "layers", "layer_mode", "layer_weights", "precision")
@@ -50,12 +50,6 @@ class FrozenConfig:
     RUN_KEYS: ClassVar[tuple] = ("device", "threads", "shard_size", "batch_size")
     RENAMED: ClassVar[dict] = {"dtype": "'precision'", "path": "'backbone.path' (in configs/backbones/)",
                                "packaged": "'backbone.packaged' (in configs/backbones/)"}
-
-
-def pooling_spec(cfg):
-    from stack.backbones.pooling import PoolingSpec
-
-    return PoolingSpec(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))
 
 
 def scoring_precision(fitted: str | None, spec) -> str | None:
@@ -98,14 +92,15 @@ class Frozen(FeaturizedKind):
     def check(self, spec) -> None:
         cfg = spec.cfg
         try:
-            pooling_spec(cfg).check(trainable=False)
+            from stack.backbones.pooling import PoolingSpec
+
+            PoolingSpec.of(cfg).check(trainable=False)
         except ValueError as e:
             raise StackError(f"{spec.where}: {e}") from None
-        runtime.precision(cfg.precision, runtime.device(cfg.device, spec.where), spec.where)
-        limit = spec.backbone.max_positions
-        if limit is not None and cfg.max_len > limit:
-            raise StackError(f"{spec.where}: max_len {cfg.max_len} exceeds the {limit} positions of backbone "
-                             f"{spec.backbone.name!r}; set max_len <= {limit}")
+        check_transformer(spec)
+        if not cfg.truncate and not 0 <= cfg.stride < cfg.max_len - 2:
+            raise StackError(f"{spec.where}: stride {cfg.stride} must be below max_len - 2 (the chunk minus its "
+                             f"special tokens), got max_len {cfg.max_len}")
 
     def head(self, spec):
         return lambda: Ridge(alphas=spec.cfg.head_alphas)

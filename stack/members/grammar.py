@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from stack import runtime
 from stack.errors import StackError
 from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
@@ -94,7 +94,7 @@ def load_tagger(threads: int = 0):
         if (f := tag_family(tag)) >= 0:
             onehot[i, f] = 1.0
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.intra_op_num_threads = runtime.threads(threads)
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(root / "tagger.onnx"), opts, providers=["CPUExecutionProvider"])
     return tokenizer, session, onehot, tags.index("$KEEP")

@@ -27,7 +27,7 @@ from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
 from stack.schema import ID, LEAKY_EMBEDDINGS
 
-HEADS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
+HEAD_MODELS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
          "ridge": lambda c: Ridge(c.alphas), "mlp": lambda c: MLPHead(seeds=c.mlp_seeds)}
 NORMALIZE = ("layer", "row", "none")
 
@@ -36,7 +36,7 @@ NORMALIZE = ("layer", "row", "none")
 class HeadConfig:
     name: str = ""
     kind: str = "head"
-    input: str = ""  # the member whose cached embeddings this head reads (frozen, features or grammar)
+    input: str = ""  # the member whose cached emb_* columns this head reads: a frozen, features or grammar member
     layers: tuple[int, ...] = ()  # the input's hidden states to use (0 = embeddings, -1 = last); [] = all its columns
     normalize: str = "layer"  # layer: each block to unit length, then the row | row | none
     head: str = "krr"  # krr | svr | ridge | mlp
@@ -82,8 +82,8 @@ class Head(FeaturizedKind):
 
     def check(self, spec) -> None:
         cfg = spec.cfg
-        if cfg.head not in HEADS:
-            raise StackError(f"{spec.where}: head {cfg.head!r} is not one of {', '.join(HEADS)}")
+        if cfg.head not in HEAD_MODELS:
+            raise StackError(f"{spec.where}: head {cfg.head!r} is not one of {', '.join(HEAD_MODELS)}")
         if cfg.normalize not in NORMALIZE:
             raise StackError(f"{spec.where}: normalize {cfg.normalize!r} is not one of {', '.join(NORMALIZE)}")
         if not cfg.input:
@@ -94,7 +94,7 @@ class Head(FeaturizedKind):
         return [spec.cfg.input]
 
     def head(self, spec):
-        return lambda: HEADS[spec.cfg.head](spec.cfg)
+        return lambda: HEAD_MODELS[spec.cfg.head](spec.cfg)
 
     def fit_features(self, spec, ctx):
         cfg, where = spec.cfg, spec.where

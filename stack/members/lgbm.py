@@ -63,8 +63,8 @@ class TextBoosting:
         from sklearn.decomposition import TruncatedSVD
 
         self.tfidf_ = TfidfFeatures(self.tfidf)
-        A = self.tfidf_.fit_transform(df[TEXT_COLUMN])
         if self.svd:
+            A = self.tfidf_.fit_transform(df[TEXT_COLUMN])
             self.components_ = TruncatedSVD(self.svd, random_state=self.seed).fit(A).components_.astype(np.float32)
         self.boosters_ = LGBMBlender(random_state=self.seed, **self.boost).fit(self._matrix(df), y)
         return self
@@ -73,16 +73,15 @@ class TextBoosting:
         return self.boosters_.predict(self._matrix(df))
 
     def to_state(self) -> dict:
-        state = {"tfidf": self.tfidf, "svd": self.svd, "boost": self.boost, "seed": self.seed,
-                 "fitted_tfidf": self.tfidf_, "boosters": self.boosters_}
-        return {**state, "components": self.components_} if self.svd else state
+        state = {"tfidf": self.tfidf, "svd": self.svd, "boost": self.boost, "seed": self.seed, "boosters": self.boosters_}
+        return {**state, "fitted_tfidf": self.tfidf_, "components": self.components_} if self.svd else state
 
     @classmethod
     def from_state(cls, state: dict):
         obj = cls(state["tfidf"], state["svd"], state["boost"], state["seed"])
-        obj.tfidf_, obj.boosters_ = state["fitted_tfidf"], state["boosters"]
+        obj.boosters_ = state["boosters"]
         if obj.svd:
-            obj.components_ = state["components"]
+            obj.tfidf_, obj.components_ = state["fitted_tfidf"], state["components"]
         return obj
 
 

@@ -99,6 +99,19 @@ class MemberSpec:
         return sha256_json({"member": member, "backbone": self.backbone.source() if self.backbone else None})
 
 
+def check_transformer(spec: MemberSpec) -> None:
+    """What every transformer member checks before any weights load: its device and precision on this machine, and
+    ``max_len`` against its backbone's positions."""
+    from stack import runtime
+
+    cfg = spec.cfg
+    runtime.precision(cfg.precision, runtime.device(cfg.device, spec.where), spec.where)
+    limit = spec.backbone.max_positions
+    if limit is not None and cfg.max_len > limit:
+        raise StackError(f"{spec.where}: max_len {cfg.max_len} exceeds the {limit} positions of backbone "
+                         f"{spec.backbone.name!r}; set max_len <= {limit}")
+
+
 def _missing(name: str, path: Path) -> StackError:
     for old, what in paths.OLD_CONFIGS.items():
         if (old / f"{name}.yaml").is_file():

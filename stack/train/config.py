@@ -113,13 +113,10 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     if cfg.swa and not 1 <= cfg.swa_start_epoch <= cfg.epochs:
         raise StackError(f"{where}: swa_start_epoch {cfg.swa_start_epoch} is outside epochs 1..{cfg.epochs}")
     try:
-        pooling_spec(cfg).check(trainable=True)
+        from stack.backbones.pooling import PoolingSpec
+
+        PoolingSpec.of(cfg).check(trainable=True)
     except ValueError as e:
         raise StackError(f"{where}: {e}") from None
     return cfg
 
-
-def pooling_spec(cfg):
-    from stack.backbones.pooling import PoolingSpec
-
-    return PoolingSpec(tuple(cfg.pooling), tuple(cfg.layers), cfg.layer_mode, tuple(cfg.layer_weights))

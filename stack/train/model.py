@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stack.backbones.pooling import Pooler
+from stack.backbones.pooling import Pooler, PoolingSpec
 from stack.errors import StackError
 from stack.schema import TARGETS
 
@@ -95,10 +95,8 @@ def _adapt(cfg, tokenizer, backbone, where: str):
 
 
 def _regressor(cfg, tokenizer, backbone, where: str):
-    from stack.train.config import pooling_spec
-
     try:
-        model = Regressor(backbone, pooling_spec(cfg), cfg.head_dropout, cfg.msd_samples)
+        model = Regressor(backbone, PoolingSpec.of(cfg), cfg.head_dropout, cfg.msd_samples)
     except ValueError as e:
         raise StackError(f"{where}: {e}") from None
     return tokenizer, model

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,25 @@ def test_stage_deps_cover_the_code_they_import():
         assert covered and not missing, f"dvc.yaml stage {name}: add {missing} to its deps"
 
 
+def _outs(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
+
+
+def test_every_artefact_a_stage_reads_is_written_by_a_stage():
+    """A dep under cache/, models/ or metrics/ is some stage's out, so DVC orders the stages and rebuilds a deleted
+    artefact (without it, a fresh clone's `dvc repro` skips `folds` and `fit@*` fails on a missing folds.parquet)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    wild = lambda p: p.replace("${item}", "*").replace("${key}", "*")  # noqa: E731
+    outs = {name: [wild(o) for o in _outs(s.get("do", s))] for name, s in stages.items()}
+    for name, stage in stages.items():
+        for dep in map(wild, stage.get("do", stage)["deps"]):
+            if dep.split("/")[0] not in {"cache", "models", "metrics", "reports"}:
+                continue
+            writers = [w for w, os_ in outs.items() if w != name and any(
+                fnmatch(dep, o) or fnmatch(dep, o + "/*") or fnmatch(o, dep + "/*") for o in os_)]
+            assert writers, f"dvc.yaml stage {name} reads {dep}, which no stage writes: add it to a stage's outs"
+
+
 def init_repo(root: Path) -> Path:
     shutil.copytree(ROOT / "stack", root / "stack", ignore=shutil.ignore_patterns("__pycache__"))
     sh("git", "init", "-q", cwd=root)
@@ -103,6 +123,12 @@ def test_repro_then_noop_then_only_what_changed(repo):
     assert "metrics/cv.json" in json.dumps(metrics) and "metrics/members/minilm.json" in json.dumps(metrics)
 
     assert ran(dvc("repro", cwd=repo)) == set()
+
+    # a deleted artefact is rebuilt (run or restored from DVC's run-cache), not skipped
+    (repo / "cache" / "folds.parquet").unlink()
+    assert "folds" in stale(repo)
+    dvc("repro", cwd=repo)
+    assert (repo / "cache" / "folds.parquet").exists() and not stale(repo)
 
     # a stage-two param reruns only stage two
     edit_yaml(repo / "params.yaml", blend={**yaml.safe_load((repo / "params.yaml").read_text())["blend"], "method": "hill"})

@@ -31,8 +31,11 @@ def run(args, cwd):
 
 def interrupted(args, cwd, ready, sig):
     """Start ``stack ARGS``, send ``sig`` once ``ready()`` is true (before it could finish), wait for it."""
+    # the child gets Ctrl-C's default action even when pytest runs in a background job (`... &`), where the shell
+    # has set SIGINT to ignored and Python would inherit that instead of raising KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "stack.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

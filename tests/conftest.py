@@ -99,6 +99,14 @@ def make_project(dest: Path, encoder_dir: Path, members=("minilm",), heads=None)
     return dest
 
 
+def working_copy(built: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A fresh copy of a project built once per module (so a test may change it freely); cwd = the copy."""
+    dest = tmp_path / "p"
+    shutil.copytree(built, dest)
+    monkeypatch.chdir(dest)
+    return dest
+
+
 @pytest.fixture
 def project(tmp_path, tiny_bert_dir, monkeypatch) -> Path:
     """A temp copy of the project on 40 essays, 2 folds, every backbone on the tiny encoder; cwd = it."""

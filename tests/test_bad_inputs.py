@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from stack.cli import app
 
-from conftest import ROOT, make_project
+from conftest import ROOT, make_project, working_copy
 
 runner = CliRunner()
 OUTPUTS = ("cache/folds.parquet", "cache/minilm/train.parquet", "cache/minilm/test.parquet", "submission.csv",
@@ -44,10 +44,7 @@ def built(tmp_path_factory, tiny_bert_dir):
 
 @pytest.fixture
 def proj(built, tmp_path, monkeypatch):
-    dest = tmp_path / "p"
-    shutil.copytree(built, dest)
-    monkeypatch.chdir(dest)
-    return dest
+    return working_copy(built, tmp_path, monkeypatch)
 
 
 def edit_csv(path, fn):

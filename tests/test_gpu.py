@@ -262,7 +262,8 @@ def test_fit_finetune_member_on_cuda_then_score_there(precision, tmp_path, tiny_
     assert {f["precision"] for f in result["folds"].values()} == {precision}
     for k in (0, 1):
         with safe_open(str(root / "models" / "base" / f"fold{k}" / "model.safetensors"), "pt") as f:
-            assert {str(f.get_slice(key).get_dtype()) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict) == {"F32"}
+            dtypes = {str(f.get_slice(key).get_dtype()) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+            assert dtypes == {"F32"}, dtypes
     test, _ = cache.read_member("base", "test")
     texts = pd.read_csv(root / "data" / "fb3" / "test.csv")["full_text"].tolist()
     preds, feats = load_scorer(root / "models" / "base").score(texts)

@@ -15,7 +15,7 @@ from stack.cli import app
 from stack.members import KINDS
 from stack.schema import TARGETS
 
-from conftest import edit_yaml, make_project
+from conftest import edit_yaml, make_project, working_copy
 
 runner = CliRunner()
 FIT = {"tfidf": ["--set", "max_features=2000", "--set", "min_df=1"], "grammar": ["--set", "batch_size=4"],
@@ -57,11 +57,7 @@ def built(tmp_path_factory, tiny_bert_dir):
 
 @pytest.fixture
 def fitted(built, tmp_path, monkeypatch):
-    """A fresh copy of ``built``; cwd = it."""
-    dest = tmp_path / "p"
-    shutil.copytree(built, dest)
-    monkeypatch.chdir(dest)
-    return dest
+    return working_copy(built, tmp_path, monkeypatch)
 
 
 def test_predict_on_the_test_set_reproduces_the_submission(fitted):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -132,6 +134,27 @@ def test_fitted_blend_round_trips_through_save_blend_and_load_blend(tmp_path):
     got, want = predict_blend(loaded, frames), predict_blend(fitted, frames)
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert list(got.columns) == [ID, *TARGETS]
+
+
+@pytest.mark.parametrize("method,est", [("hill", HillClimbBlender(negative=True)),
+                                        ("nelder-mead", NelderMeadBlender(bounds=(-1.0, 2.0))),
+                                        ("stack", StackBlender([("hill", HillClimbBlender(), list(range(12)))]))])
+def test_every_blend_method_loads_in_a_fresh_process(tmp_path, method, est):
+    """What `stack predict` and `Scorer` do: load_blend in a process that never imported the blender's module."""
+    fitted = _blend()
+    fitted.method, fitted.estimator = method, est.fit(X[:, :12], Y)
+    save_blend(fitted, tmp_path)
+    want = predict_blend(fitted, _frames(X_NEW[:, :12]))
+    code = ("import sys, numpy as np, pandas as pd\n"
+            "from stack.blend.persist import load_blend\n"
+            f"loaded = load_blend(__import__('pathlib').Path({str(tmp_path)!r}))\n"
+            f"np.save({str(tmp_path / 'got.npy')!r}, loaded.estimator.predict(np.load({str(tmp_path / 'x.npy')!r})))\n")
+    np.save(tmp_path / "x.npy", X_NEW[:, :12])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-800:]
+    got = np.clip(np.load(tmp_path / "got.npy"), 1, 5)
+    np.testing.assert_allclose(got, np.clip(fitted.estimator.predict(X_NEW[:, :12]), 1, 5))
+    assert want.shape == (len(X_NEW), 7)
 
 
 @pytest.fixture

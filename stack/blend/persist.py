@@ -83,6 +83,8 @@ def check_blend(fitted: FittedBlend, expect: dict, where: str = "") -> None:
 
 def load_blend(folder: Path | None = None, expect: dict | None = None) -> FittedBlend:
     """Read a saved blend; with ``expect`` (see ``check_blend``) refuse one fitted on other caches."""
+    import stack.blend.registry  # noqa: F401 (registers every blender class a saved blend may hold)
+
     stem = blend_file(folder)
     fitted = state.load(stem, "run `stack blend`")
     where = str(state.files(stem)[0])

@@ -2,7 +2,7 @@
 members plus it (add-one), each with a paired bootstrap interval of the difference. Reads the caches only; writes
 nothing. Run after `make run`.
 
-    .venv/bin/python benchmarks/blend_ablation.py [--method ridge] [--base minilm,mpnet,tfidf,features]
+    .venv/bin/python benchmarks/blend_ablation.py [--method ridge] [--base mpnet]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 
 from stack.blend.config import blend_models, load_blend_config
 from stack.blend.intervals import paired_bootstrap
-from stack.blend.run import evaluate, load_frames, options_from
+from stack.blend.run import evaluate, load_frames, oof_of, options_from
 from stack.config import load_params
 from stack.metrics import mcrmse
 from stack.stages import load_context
@@ -25,13 +25,13 @@ def nested(method: str, members: list[str], train: dict, ctx, options):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", default="ridge")
-    ap.add_argument("--base", default="minilm,mpnet,tfidf,features", help="the members add-one starts from")
+    ap.add_argument("--base", default="mpnet", help="the members add-one starts from (any with a cache)")
     args = ap.parse_args()
     params = load_params()
     cfg = load_blend_config(params)
     members, base = blend_models(params, cfg), args.base.split(",")
     ctx = load_context(params)
-    train, _, _ = load_frames(ctx, members)
+    train, _, _ = load_frames(ctx, list(dict.fromkeys([*members, *base])))
     options = options_from(cfg)
     full = nested(args.method, members, train, ctx, options)
     plain = nested(args.method, base, train, ctx, options)
@@ -40,10 +40,9 @@ def main() -> None:
     print("| member | its CV | blend without it | drop-one gain (paired 95%) | base + it | add-one gain (paired 95%) |")
     print("|---|---|---|---|---|---|")
     for m in members:
-        own = mcrmse(ctx.y, train[m].filter(like="pred_").to_numpy())[0]
+        own = mcrmse(ctx.y, oof_of(train[m]))[0]
         without = nested(args.method, [x for x in members if x != m], train, ctx, options)
         drop = paired_bootstrap(ctx.y, full, without)
-        add_cell = "-"
         if m not in base:
             added = nested(args.method, [*base, m], train, ctx, options)
             g = paired_bootstrap(ctx.y, added, plain)

@@ -186,6 +186,8 @@ def test_pooler_rejects_bad_specs(spec, match):
     (PoolingSpec(()), True, "pooling is empty"),
     (PoolingSpec(("mean",), (-1,), "sum"), True, r"unknown layer_mode 'sum' \(valid: concat, mean, weighted\)"),
     (PoolingSpec(("mean",), (-2, -1), "weighted"), False, "weighted in a frozen member needs layer_weights"),
+    (PoolingSpec(("mean",), (-2, -1), "weighted", (1.0,)), False, r"layer_weights \[1.0\] must be 2 non-negative"),
+    (PoolingSpec(("mean",), (-2, -1), "weighted", (1.0, -1.0)), False, "non-negative numbers .* positive sum"),
 ])
 def test_pooling_spec_check_errors(spec, trainable, match):
     with pytest.raises(ValueError, match=match):
@@ -219,6 +221,20 @@ def test_frozen_layers_out_of_range_are_an_error_naming_the_file(project):
     result = CliRunner().invoke(app, ["fit", "minilm", "--set", "layers=[20]"])
     assert result.exit_code == 2, repr(result.exception)
     assert "configs/members/minilm.yaml: layers [20] out of range: this backbone has 3 hidden states" in result.output
+
+
+def test_frozen_layer_weights_for_all_layers_are_counted_before_embedding(project):
+    """`layers: []` with the wrong number of layer_weights: one line naming the file, exit 2, nothing embedded."""
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    assert CliRunner().invoke(app, ["folds"]).exit_code == 0
+    result = CliRunner().invoke(app, ["fit", "minilm", "--set", "layers=[]", "--set", "layer_mode=weighted",
+                                      "--set", "layer_weights=[1.0,2.0]"])
+    assert result.exit_code == 2, repr(result.exception)
+    assert "configs/members/minilm.yaml: layer_weights [1.0, 2.0] must be 3 non-negative numbers" in result.output
+    assert not list((project / "cache").glob("minilm/embeddings/*/part-*.parquet"))
 
 
 def test_finetune_layers_out_of_range_are_an_error_naming_the_file(project):

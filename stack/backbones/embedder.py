@@ -21,7 +21,7 @@ from stack import runtime
 from stack.backbones.attention import use_cpu_attention
 from stack.backbones.chunks import Chunk, batches, chunks_from_ids, encode, shards
 from stack.backbones.packed import pack_linears
-from stack.backbones.pooling import TOKEN_POOLINGS, chosen_layers, mix_layers
+from stack.backbones.pooling import TOKEN_POOLINGS, chosen_layers, fixed_layer_weights, mix_layers
 from stack.errors import StackError
 
 CHECK_ESSAYS, CHECK_LEN = 4, 128  # the bf16-vs-fp32 check: the first CHECK_LEN tokens of CHECK_ESSAYS essays
@@ -98,7 +98,9 @@ def embed_texts(texts: list[str], tokenizer, model, cfg, where: str = "", precis
     runtime.set_threads(cfg.threads)
     model.eval()
     try:
-        chosen_layers(cfg.layers, model.config.num_hidden_layers + 1)
+        layers = chosen_layers(cfg.layers, model.config.num_hidden_layers + 1)
+        if cfg.layer_mode == "weighted":
+            fixed_layer_weights(cfg.layer_weights, len(layers))
     except ValueError as e:
         raise StackError(f"{where}: {e}") from None
     encoded = encode(texts, tokenizer) if encoded is None else encoded

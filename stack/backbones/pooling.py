@@ -58,8 +58,20 @@ class PoolingSpec:
             raise ValueError("pooling is empty: name at least one (e.g. [mean])")
         if self.layer_mode not in LAYER_MODES:
             raise ValueError(f"unknown layer_mode {self.layer_mode!r} (valid: {', '.join(LAYER_MODES)})")
-        if self.layer_mode == "weighted" and not trainable and not self.layer_weights:
-            raise ValueError("layer_mode weighted in a frozen member needs layer_weights (one per entry of layers)")
+        if self.layer_mode == "weighted" and not trainable:
+            if not self.layer_weights:
+                raise ValueError("layer_mode weighted in a frozen member needs layer_weights (one per entry of layers)")
+            if self.layers:  # `layers: []` (all): counted once the backbone's depth is known (embed_texts)
+                fixed_layer_weights(self.layer_weights, len(self.layers))
+
+
+def fixed_layer_weights(weights, n_layers: int) -> list[float]:
+    """A frozen member's ``layer_weights``, checked: ``n_layers`` non-negative numbers with a positive sum."""
+    fixed = [float(x) for x in (weights or ())]
+    if len(fixed) != n_layers or sum(fixed) <= 0 or min(fixed) < 0:
+        raise ValueError(f"layer_weights {fixed} must be {n_layers} non-negative numbers (one per entry of layers) "
+                         "with a positive sum")
+    return fixed
 
 
 def chosen_layers(layers, n_states: int) -> list[int]:
@@ -84,12 +96,8 @@ def mix_layers(hidden_states, layers, mode: str = "concat", weights=None) -> lis
     stacked = torch.stack([h.float() for h in chosen])
     if mode == "mean":
         return [stacked.mean(0)]
-    if not isinstance(weights, torch.Tensor):  # fixed numbers from a config: check them (learned ones sum to 1)
-        fixed = [float(x) for x in (weights or ())]
-        if len(fixed) != len(chosen) or sum(fixed) <= 0 or min(fixed) < 0:
-            raise ValueError(f"layer_weights {fixed} must be {len(chosen)} non-negative numbers (one per entry of "
-                             "layers) with a positive sum")
-        weights = torch.tensor(fixed, dtype=torch.float32, device=stacked.device)
+    if not isinstance(weights, torch.Tensor):  # fixed numbers from a config (learned ones sum to 1)
+        weights = torch.tensor(fixed_layer_weights(weights, len(chosen)), dtype=torch.float32, device=stacked.device)
     return [torch.einsum("l,lbtd->btd", weights / weights.sum(), stacked)]
 
 

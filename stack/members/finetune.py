@@ -109,16 +109,16 @@ class Finetune(Kind):
         dist.setup(device)
         runtime.set_threads(cfg.threads)
         hashes = {k: fold_hash(spec, ctx, k) for k in all_folds}
-        live, encoded, folds = Live(spec.name, cfg.dvclive), {}, {}
+        live, encoded, folds, outs = Live(spec.name, cfg.dvclive), {}, {}, {}
         for k in cfg.folds or all_folds:
             done = store.load_outputs(folder, k, hashes[k])
             if done is not None:
                 by_id = pd.DataFrame(done["valid_pred"], index=done["valid_ids"])
                 score, _ = mcrmse(ctx.y[ctx.fold == k], by_id.reindex(ctx.train[ID][ctx.fold == k]).to_numpy())
-                folds[k] = {"mcrmse": score, "skipped": True}
+                folds[k], outs[k] = {"mcrmse": score, "skipped": True}, done
                 continue
             folds[k] = {**_train_one(spec, ctx, k, hashes[k], encoded, live, folder, device), "skipped": False}
-        outs = {k: store.load_outputs(folder, k, hashes[k]) for k in all_folds}
+        outs.update({k: store.load_outputs(folder, k, hashes[k]) for k in all_folds if k not in outs})
         pending = [k for k, o in outs.items() if o is None]
         info = {"folds": folds, "essays": len(ctx.train) + len(ctx.test)}
         if pending:
@@ -138,12 +138,14 @@ class Finetune(Kind):
 
             device = runtime.device("auto")
             prec = runtime.precision(cfg.precision, device, spec.where)  # fp16 without CUDA: auto (spec_from_json)
+            tokenizer, model = model_from_folder(cfg, folder / ARCHITECTURE, spec.where)  # one architecture ...
+            model.to(device)
+            encoded = _encode(cfg, tokenizer, texts)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             preds, feats = [], []
-            for k in folds:
-                tokenizer, model = model_from_folder(cfg, folder / ARCHITECTURE, spec.where)
-                load_weights(model, folder, k, f"run `stack fit {spec.name}`").to(device)
-                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-                p, f = predict(model, _encode(cfg, tokenizer, texts), cfg.eval_batch_size, pad, device, prec)
+            for k in folds:  # ... whose every saved tensor each fold's weights replace (a strict load)
+                load_weights(model, folder, k, f"run `stack fit {spec.name}`")
+                p, f = predict(model, encoded, cfg.eval_batch_size, pad, device, prec)
                 preds.append(p)
                 feats.append(f)
             # the fold mean in float64, as the cache's test predictions were averaged

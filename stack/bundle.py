@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from stack import paths
-from stack.cache import read_json, sha256
+from stack.cache import check_input, read_json, sha256
 from stack.errors import StackError
 
 FORMAT = "stack-bundle/1"
@@ -65,9 +65,7 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
     for name in list(metas):  # a head's input travels too, even if the blend does not weigh it
         for inp in [metas[name]["input"]] if "input" in metas[name] else []:
             metas.setdefault(inp, read_member_json(paths.member_dir(inp)))
-            if metas[name].get("input_config") != metas[inp]["config"]:
-                raise StackError(f"member {name!r} was fitted on another version of {inp!r}; run `stack fit {name}` "
-                                 "(or `dvc repro`) before exporting")
+            check_input(name, metas[name], metas[inp]["config"], then=" before exporting")
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -80,18 +80,20 @@ def write_table(df: pd.DataFrame, path: Path, meta: dict) -> None:
     atomic_write(path, lambda p: pq.write_table(table, p))
 
 
-def read_table(path: Path, hint: str) -> tuple[pd.DataFrame, dict]:
-    """Read a cache file and its fingerprint; ``hint`` says how to rebuild it if it is missing or broken."""
+def read_table(path: Path, hint: str, rows: bool = True) -> tuple[pd.DataFrame | None, dict]:
+    """Read a cache file and its fingerprint; ``hint`` says how to rebuild it if it is missing or broken.
+    ``rows`` False: the fingerprint alone, from the Parquet footer -> (None, fingerprint)."""
     if not path.is_file():
         raise StackError(f"{path}: not found; {hint}")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path) if rows else None
+        schema = table.schema if rows else pq.read_schema(path)
     except (pa.ArrowException, OSError) as e:
         raise StackError(f"{path}: unreadable Parquet ({str(e).splitlines()[0][:80]}); delete it and {hint}") from None
-    raw = (table.schema.metadata or {}).get(META_KEY)
+    raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise StackError(f"{path}: has no stack fingerprint (not written by stack); delete it and {hint}")
-    return table.to_pandas(), json.loads(raw)
+    return (table.to_pandas() if rows else None), json.loads(raw)
 
 
 def write_folds(folds: pd.DataFrame, data_fp: str) -> str:
@@ -164,6 +166,20 @@ def _check_member_frame(df: pd.DataFrame, path: Path) -> None:
     values = df[list(PRED_COLS) + emb_columns(df)].to_numpy()
     if not np.isfinite(values).all():
         raise StackError(f"{path}: contains NaN or infinite values; delete it and rebuild the member's cache")
+
+
+def member_fingerprint(name: str) -> dict:
+    """The fingerprint of member ``name``'s cache, without reading its rows."""
+    return read_table(paths.cache_file(name, "test"), f"run `stack fit {name}` (or `dvc repro`)", rows=False)[1]
+
+
+def check_input(name: str, meta: dict, input_config: str | None, then: str = "") -> None:
+    """A head (``meta``: its cache's or member.json's fingerprint, which name its ``input``) must have been fitted
+    on its input's current version (``input_config``: the input's ``config`` fingerprint now)."""
+    source = meta.get("input")
+    if source and meta.get("input_config") != input_config:
+        raise StackError(f"member {name!r} was fitted on another version of {source!r} (its cache has changed "
+                         f"since); run `stack fit {name}` (or `dvc repro`){then}")
 
 
 def check_fingerprints(metas: dict[str, dict], expected: dict[str, str]) -> None:

@@ -92,9 +92,7 @@ def load_members(names: list[str], folder_of, load) -> dict:
         scorer = load(folder_of(name))
         for inp in scorer.inputs:
             visit(inp, (*chain, name))
-            if scorer.meta.get("input_config") != members[inp].fingerprint:
-                raise StackError(f"member {name!r} was fitted on another version of {inp!r} (its cache has changed "
-                                 f"since); run `stack fit {name}` (or `dvc repro`)")
+            cache.check_input(name, scorer.meta, members[inp].fingerprint)
         members[name] = scorer
 
     for name in names:

@@ -153,6 +153,10 @@ def test_predict_and_a_bundle_score_a_head_through_its_input(fitted_input, tmp_p
     ok("fit", "minilm", "--set", "pooling=[max]")
     out = refused("predict", "--input", "data/fb3/test.csv", "--out", "x.csv")
     assert "member 'minilm-krr' was fitted on another version of 'minilm'" in out
+    out = refused("export", str(tmp_path / "bundle2"))
+    assert "member 'minilm-krr' was fitted on another version of 'minilm'" in out and "before exporting" in out
+    out = refused("blend", "--models", "minilm-krr")  # its input is not blended: read from the cache's footer
+    assert "member 'minilm-krr' was fitted on another version of 'minilm'" in out
 
 
 def test_mlp_head_learns_a_nonlinear_signal_and_predicts_without_torch():

@@ -44,10 +44,8 @@ def load_frames(ctx: Context, models: list[str]):
         test.update(aligned({name: test[name]}, ctx.test[ID], str(paths.cache_file(name, "test"))))
     cache.check_fingerprints(metas, {"data": ctx.data_fp, "folds": ctx.folds_fp})
     for name, meta in metas.items():  # a head must have been fitted on its input's current cache
-        source = meta.get("input")
-        if source and meta.get("input_config") != (metas.get(source) or cache.read_member(source, "test")[1])["config"]:
-            raise StackError(f"member {name!r} was fitted on another version of {source!r} (its cache has changed "
-                             f"since); run `stack fit {name}` (or `dvc repro`)")
+        if "input" in meta:
+            cache.check_input(name, meta, (metas.get(meta["input"]) or cache.member_fingerprint(meta["input"]))["config"])
     return train, test, metas
 
 

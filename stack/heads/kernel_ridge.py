@@ -57,9 +57,11 @@ class KernelRidge(RegressorBase):
         alphas = np.asarray(self.alphas, np.float64)
         gammas = [s / (2.0 * max(median, 1e-12)) for s in self.gamma_scales]
         best = [(np.inf, None, None)] * Y.shape[1]  # per target: (LOO error, gamma index, alpha index)
-        systems = []
+        systems, K_mean = [], []  # K_mean: each kernel's column means, for the intercept
         for g, gamma in enumerate(gammas):
-            errors, lam, Q, QtY = loo_dual(np.exp(-gamma * D), Y, alphas)
+            K = np.exp(-gamma * D)
+            K_mean.append(K.mean(0))
+            errors, lam, Q, QtY = loo_dual(K, Y, alphas)
             systems.append((lam, Q, QtY))
             for t in range(Y.shape[1]):
                 i = int(np.argmin(errors[:, t]))
@@ -70,8 +72,7 @@ class KernelRidge(RegressorBase):
         for t, (_, g, i) in enumerate(best):
             lam, Q, QtY = systems[g]
             self.duals_[g, t] = Q @ (QtY[:, t] / (lam + alphas[i]))  # sums to 0: Q is orthogonal to the constant
-        K_mean = np.stack([np.exp(-gamma * D).mean(0) for gamma in gammas])  # (m, n) column means of each kernel
-        self.intercept_ = Y.mean(0) - np.einsum("mn,mkn->k", K_mean, self.duals_)
+        self.intercept_ = Y.mean(0) - np.einsum("mn,mkn->k", np.stack(K_mean), self.duals_)
         self.support_ = X.astype(np.float32)
         self.chosen_ = np.array([[self.gamma_scales[g], alphas[i]] for _, g, i in best])  # (k, 2), for information
         return self

@@ -23,7 +23,6 @@ from functools import lru_cache
 import numpy as np
 
 from stack.errors import StackError
-from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
 from stack.members.style import STYLE, WORD, style_stats
@@ -113,6 +112,3 @@ class Features(FeaturizedKind):
 
     def features(self, spec, texts, store):
         return text_stats(texts, spec.cfg.wordlist), {"essays": len(texts), "extra": {"feature_names": list(FEATURES)}}
-
-    def head(self, spec):
-        return lambda: Ridge(alphas=spec.cfg.head_alphas)

@@ -17,6 +17,7 @@ import numpy as np
 
 from stack import paths, state
 from stack.heads.crossfit import cross_fit, predict_heads
+from stack.heads.ridge import Ridge
 from stack.members.registry import Fitted, Kind
 from stack.schema import TARGETS, TEXT
 
@@ -39,8 +40,9 @@ class FeaturizedKind(Kind):
         raise NotImplementedError
 
     def head(self, spec):
-        """-> a factory of unfitted heads (``fit(X, y (n, 6))``, ``predict(X) -> (m, 6)``, ``alpha_``)."""
-        raise NotImplementedError
+        """-> a factory of unfitted heads (``fit(X, y (n, 6))``, ``predict(X) -> (m, 6)``, ``alpha_``); by default
+        the exact-LOO ridge over the config's ``head_alphas``."""
+        return lambda: Ridge(alphas=spec.cfg.head_alphas)
 
     def open_store(self, spec):
         """What ``features`` gets as ``store`` while fitting (a frozen member: its embedding store and backbone)."""

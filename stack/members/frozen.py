@@ -19,7 +19,6 @@ from typing import ClassVar
 from stack import paths, runtime
 from stack.config import sha256_json
 from stack.errors import StackError
-from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import check_transformer, register
 
@@ -101,9 +100,6 @@ class Frozen(FeaturizedKind):
         if not cfg.truncate and not 0 <= cfg.stride < cfg.max_len - 2:
             raise StackError(f"{spec.where}: stride {cfg.stride} must be below max_len - 2 (the chunk minus its "
                              f"special tokens), got max_len {cfg.max_len}")
-
-    def head(self, spec):
-        return lambda: Ridge(alphas=spec.cfg.head_alphas)
 
     def open_store(self, spec):
         """The member's embedding store and its backbone, loaded on first need and kept for the test essays."""

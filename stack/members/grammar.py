@@ -24,7 +24,6 @@ import numpy as np
 
 from stack import runtime
 from stack.errors import StackError
-from stack.heads.ridge import Ridge
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
 
@@ -184,6 +183,3 @@ class Grammar(FeaturizedKind):
     def features(self, spec, texts, store):
         info = {"essays": len(texts), "precision": "int8", "extra": {"feature_names": list(GRAMMAR_FEATURES)}}
         return grammar_features(texts, spec.cfg), info
-
-    def head(self, spec):
-        return lambda: Ridge(alphas=spec.cfg.head_alphas)

@@ -81,7 +81,7 @@ def run_step(key: str, name: str, limit: float, ctx_file: Path, work: Path, env:
         return Row(name, "FAILED", f"exited {code} without a result (see its log)", seconds, log=log)
     out = json.loads(result.read_text())
     status = {"ok": "ok", "skipped": "skipped"}.get(out["status"], "FAILED")
-    return Row(name, status if code == 0 or status == "FAILED" else "FAILED", out["result"], seconds,
+    return Row(name, status if code == 0 else "FAILED", out["result"], seconds,
                out.get("peak_gib"), log)
 
 

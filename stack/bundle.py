@@ -174,7 +174,7 @@ def load_bundle(folder: Path):
     from stack.scorer import Scorer, load_members
 
     folder = Path(folder)
-    manifest = verify(folder)
+    verify(folder)  # every file hashed before anything is read
     fitted = load_blend(folder / "blend")
 
     def member_folder(name):
@@ -185,6 +185,4 @@ def load_bundle(folder: Path):
 
     members = load_members(list(fitted.layout.models), member_folder, lambda f: load_scorer(f, strict=True))
     check_blend(fitted, {"models": {m: members[m].fingerprint for m in fitted.layout.models}}, str(folder / MANIFEST))
-    scorer = Scorer(fitted, members, str(folder))
-    scorer.manifest = manifest
-    return scorer
+    return Scorer(fitted, members, str(folder))

@@ -88,19 +88,15 @@ def files(stem: Path) -> tuple[Path, Path]:
 
 def save(obj, stem: Path, info: dict | None = None) -> list[Path]:
     """Write ``obj`` to ``<stem>.json`` (the tree, plus ``info``) and ``<stem>.safetensors``, each atomically."""
-    import hashlib
+    from safetensors.numpy import save_file
 
-    from safetensors.numpy import save as to_bytes
-
-    from stack.cache import atomic_write
+    from stack.cache import atomic_write, sha256
 
     arrays: dict = {}
     tree = _encode(obj, arrays, str(stem))
     js, st = files(stem)
-    data = to_bytes(arrays)  # hashed as written, not read back
-    atomic_write(st, lambda p: p.write_bytes(data))
-    doc = {"format": FORMAT, "arrays_sha256": hashlib.sha256(data).hexdigest(), "tree": tree,
-           **({"info": info} if info else {})}
+    atomic_write(st, lambda p: save_file(arrays, str(p)))
+    doc = {"format": FORMAT, "arrays_sha256": sha256(st), "tree": tree, **({"info": info} if info else {})}
     atomic_write(js, lambda p: p.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n"))
     return [js, st]
 
@@ -117,21 +113,20 @@ def read_doc(stem: Path, hint: str) -> dict:
 
 def load(stem: Path, hint: str = "rebuild it"):
     """The object saved by ``save(obj, stem)``; a missing, truncated or foreign file is a StackError naming it."""
-    import hashlib
-
     from safetensors import SafetensorError
-    from safetensors.numpy import load as from_bytes
+    from safetensors.numpy import load_file
+
+    from stack.cache import sha256
 
     doc = read_doc(stem, hint)
     _, st = files(stem)
     if not st.is_file():
         raise StackError(f"{st}: not found; {hint}")
-    data = st.read_bytes()  # read once: hashed, then decoded
     try:
-        arrays = from_bytes(data)
+        arrays = load_file(str(st))
     except (SafetensorError, OSError, ValueError) as e:
         raise StackError(f"{st}: unreadable ({str(e).splitlines()[0][:80]}); {hint}") from None
-    if doc.get("arrays_sha256") != hashlib.sha256(data).hexdigest():  # written apart: both must be of the same save
+    if doc.get("arrays_sha256") != sha256(st):  # written apart: both must be of the same save
         raise StackError(f"{st}: does not belong to {files(stem)[0].name} (another save, or edited); {hint}")
     try:
         return _decode(doc["tree"], arrays, files(stem), hint)

@@ -30,7 +30,7 @@ def kind_of(name: str) -> str:
 def test_registries_have_every_named_member_and_backbone():
     assert set(MEMBERS) == {"minilm", "mpnet", "tfidf", "features", "grammar", "minilm-ft", "xsmall", "small", "base",
                             "large", "v2-xlarge", "xsmall-frozen", "small-frozen", "base-frozen", "large-frozen",
-                            "v2-xlarge-frozen", "lgbm", "mpnet-krr", "mpnet-mlp", "minilm-krr"}
+                            "v2-xlarge-frozen", "lgbm", "mpnet-krr", "mpnet-mlp", "mpnet-lgbm", "minilm-krr"}
     assert set(BACKBONES) == {"minilm", "mpnet", "deberta-v3-xsmall", "deberta-v3-small", "deberta-v3-base",
                               "deberta-v3-large", "deberta-v2-xlarge"}
     assert {kind_of(m) for m in MEMBERS} == set(KINDS)  # every kind has a member

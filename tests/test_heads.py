@@ -65,6 +65,42 @@ def test_average_of_fold_heads_is_their_mean_prediction_on_shared_rows():
     np.testing.assert_allclose(one.predict(X[:30]), np.mean([h.predict(X[:30]) for h in heads], axis=0), atol=1e-10)
 
 
+def test_statistics_joined_as_a_block_carry_their_signal_whatever_their_raw_scale():
+    from stack.heads.prepared import PreparedHead
+
+    X, Y = signal(n=400)
+    rng = np.random.default_rng(1)
+    S = np.column_stack([rng.normal(500, 200, 400), rng.normal(0, 1e-3, 400)])  # two statistics, far apart in scale
+    Y = Y + np.column_stack([S[:, 0] / 400, np.zeros(400)])  # target 0 also rises with the first statistic
+    both, tr, te = np.hstack([X, S]), slice(0, 300), slice(300, None)
+    err = lambda m, A: np.sqrt(((m.fit(A[tr], Y[tr]).predict(A[te]) - Y[te]) ** 2).mean(0))  # noqa: E731
+    joined, raw = err(PreparedHead(KernelRidge(), n_stats=2, block=True), both), err(KernelRidge(), both)
+    alone = err(KernelRidge(), X)
+    assert joined[0] < 0.8 * min(alone[0], raw[0])  # left out, the statistic's signal is missed
+    assert joined[1] < 0.6 * raw[1]  # unscaled, the statistic drowns the embedding's signal in the kernel
+    assert joined[1] < 1.5 * alone[1]  # joined, the target it does not drive loses little
+    head = PreparedHead(KernelRidge(), n_stats=2, block=True).fit(both[tr], Y[tr])
+    np.testing.assert_allclose(head.mean_, S[tr].mean(0))  # standardised with the training rows' statistics only
+    Xp = head._prepare(both[te])
+    np.testing.assert_allclose(np.linalg.norm(Xp, axis=1), 1.0)  # unit rows, the statistics block one of them
+
+
+def test_pca_keeps_the_training_rows_leading_directions_for_trees():
+    from stack.heads.lgbm import LGBMBlender
+    from stack.heads.prepared import PreparedHead
+
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(500, 2)) * [3.0, 1.0]
+    Q = np.linalg.qr(rng.normal(size=(40, 2)))[0].T  # 2 orthonormal directions in 40 columns
+    E = latent @ Q + rng.normal(0, 0.05, (500, 40))
+    Y = np.column_stack([np.sign(latent[:, 0]) + latent[:, 1] ** 2, np.abs(latent[:, 1])])
+    head = PreparedHead(LGBMBlender(n_jobs=1), pca=2).fit(E[:400], Y[:400])
+    np.testing.assert_allclose(np.abs(head.components_ @ Q.T), np.eye(2), atol=0.01)  # the latent axes, in order
+    err = np.sqrt(((head.predict(E[400:]) - Y[400:]) ** 2).mean(0))
+    assert (err < 0.5 * Y[400:].std(0)).all()
+    assert PreparedHead(Ridge(), pca=64).fit(E[:30], Y[:30]).components_.shape == (30, 40)  # fewer rows than asked
+
+
 # -- the member ----------------------------------------------------------------------------------------------------
 
 def ok(*args):
@@ -134,6 +170,17 @@ def test_layers_the_input_does_not_have_are_a_clear_error(fitted_input):
     assert "has no hidden state 7 in its cache (it has [0, 1, 2])" in refused("fit", "minilm-krr", "--set", "layers=[7]")
 
 
+@pytest.mark.parametrize("sets, match", [
+    (["stats=all"], "stats 'all' is not one of none, append, block"),
+    (["stats=block", "normalize=none"], "stats: block joins the statistics as one more unit-length block, which needs "
+                                         "normalize: layer (got 'none')"),
+    (["pca=-1"], "pca must be 0 (none) or a number of components, got -1"),
+])
+def test_statistics_and_pca_keys_are_checked_before_anything_is_fitted(fitted_input, sets, match):
+    assert match in refused("fit", "minilm-krr", *[a for s in sets for a in ("--set", s)])
+    assert not (fitted_input / "cache" / "minilm-krr").exists()
+
+
 def test_predict_and_a_bundle_score_a_head_through_its_input(fitted_input, tmp_path):
     import pandas as pd
 
@@ -180,13 +227,14 @@ def test_average_counts_every_copy_of_a_duplicated_row():
     np.testing.assert_allclose(one.predict(X[:20]), np.mean([h.predict(X[:20]) for h in heads], axis=0), atol=1e-10)
 
 
-@pytest.mark.parametrize("model", ["svr", "ridge", "mlp"])
-def test_every_head_model_fits_through_the_member_and_scores_like_the_cache(fitted_input, model):
+@pytest.mark.parametrize("sets", [["head=svr"], ["head=ridge"], ["head=mlp", "mlp_seeds=1"], ["stats=block"],
+                                  ["head=lgbm", "stats=append", "pca=8"], ["head=mlp", "stats=append", "mlp_seeds=1"]])
+def test_every_head_model_fits_through_the_member_and_scores_like_the_cache(fitted_input, sets):
     import pandas as pd
 
     from stack.schema import TARGETS
 
-    ok("fit", "minilm-krr", "--set", f"head={model}", "--set", "mlp_seeds=1")
+    ok("fit", "minilm-krr", *[a for s in sets for a in ("--set", s)])
     ok("blend", "--models", "minilm-krr")
     ok("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv")
     sub, scores = pd.read_csv("submission.csv"), pd.read_csv("scores.csv")

@@ -26,6 +26,7 @@ from stack.errors import StackError
 from stack.heads.kernel_ridge import KernelRidge
 from stack.heads.lgbm import LGBMBlender
 from stack.heads.mlp import MLPHead
+from stack.heads.prepared import PreparedHead
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 from stack.members.lgbm import TextBoosting
@@ -54,6 +55,8 @@ ESTIMATORS = [
                                 boost={"n_estimators": 40, "learning_rate": 0.1, "early_stopping_rounds": 5, "n_jobs": 1}),
      TEXT_STATS.iloc[:80], TEXT_STATS.iloc[80:]),
     ("lgbm", LGBMBlender(n_estimators=60, learning_rate=0.1, early_stopping_rounds=10, n_jobs=1), X, X_NEW),
+    ("prepared-krr", PreparedHead(KernelRidge(gamma_scales=(1.0,)), n_stats=6, block=True), X, X_NEW),
+    ("prepared-lgbm", PreparedHead(LGBMBlender(n_estimators=30, n_jobs=1), n_stats=6, pca=4), X, X_NEW),
     ("hill", HillClimbBlender(negative=True), X, X_NEW),
     ("nelder-mead", NelderMeadBlender(bounds=(-1.0, 2.0)), X, X_NEW),
     ("stack", StackBlender([("ridge", Ridge(), list(range(6))), ("hill", HillClimbBlender(), list(range(18)))]), X, X_NEW),

@@ -20,16 +20,21 @@ import numpy as np
 from stack import cache, paths
 from stack.errors import StackError
 from stack.heads.kernel_ridge import ALPHAS, KernelRidge
+from stack.heads.lgbm import LGBMBlender
 from stack.heads.mlp import MLPHead
+from stack.heads.prepared import PreparedHead
 from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
+from stack.members.features import FEATURES, text_stats
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
-from stack.schema import ID, LEAKY_EMBEDDINGS
+from stack.schema import ID, LEAKY_EMBEDDINGS, TEXT
 
 HEAD_MODELS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
-         "ridge": lambda c: Ridge(c.alphas), "mlp": lambda c: MLPHead(seeds=c.mlp_seeds)}
+               "ridge": lambda c: Ridge(c.alphas), "mlp": lambda c: MLPHead(seeds=c.mlp_seeds),
+               "lgbm": lambda c: LGBMBlender()}
 NORMALIZE = ("layer", "row", "none")
+STATS = ("none", "append", "block")
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,11 @@ class HeadConfig:
     input: str = ""  # the member whose cached emb_* columns this head reads: a frozen, features or grammar member
     layers: tuple[int, ...] = ()  # the input's hidden states to use (0 = embeddings, -1 = last); [] = all its columns
     normalize: str = "layer"  # layer: each block to unit length, then the row | row | none
-    head: str = "krr"  # krr | svr | ridge | mlp
+    head: str = "krr"  # krr | svr | ridge | mlp | lgbm (LightGBM per target, the lgbm member's fixed defaults)
+    # the features member's text statistics, computed from the essays and standardised on each fold's training rows:
+    # none | append (as columns) | block (one more unit-length block, then each row to unit length; normalize: layer)
+    stats: str = "none"
+    pca: int = 0  # > 0: the embedding part reduced to (at most) this many principal components of the training rows
     gamma_scales: tuple[float, ...] = (0.25, 0.5, 1.0)  # krr: RBF gamma = scale / (2 median squared distance)
     alphas: tuple[float, ...] = ALPHAS  # krr and ridge: alpha grid (chosen per target by leave-one-out)
     svr_c: float = 1.0  # svr: C (gamma: scikit-learn's "scale" rule)
@@ -49,7 +58,8 @@ class HeadConfig:
 
 
 def represent(emb: np.ndarray, meta: dict, cfg, where: str) -> np.ndarray:
-    """The input's embedding columns ``(n, D)`` -> the head's rows: the chosen blocks, normalised."""
+    """The input's embedding columns ``(n, D)`` -> the head's rows: the chosen blocks, normalised (with ``stats:
+    block`` the rows are scaled to unit length after the statistics join them, by stack.heads.prepared)."""
     emb = np.asarray(emb, np.float64)
     if cfg.layers and not meta.get("blocks"):
         raise StackError(f"{where}: layers {list(cfg.layers)}: the input member {cfg.input!r} has no hidden-state "
@@ -69,9 +79,15 @@ def represent(emb: np.ndarray, meta: dict, cfg, where: str) -> np.ndarray:
     if cfg.normalize == "layer":
         parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
     X = np.hstack(parts)
-    if cfg.normalize in ("layer", "row"):
+    if cfg.normalize in ("layer", "row") and cfg.stats != "block":
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
+
+
+def rows(emb: np.ndarray, texts: list[str], meta: dict, cfg, where: str) -> np.ndarray:
+    """The head's input rows: ``represent``'s, then (``stats`` other than none) the essays' text statistics."""
+    X = represent(emb, meta, cfg, where)
+    return X if cfg.stats == "none" else np.hstack([X, text_stats(texts)])
 
 
 @register
@@ -86,6 +102,13 @@ class Head(FeaturizedKind):
             raise StackError(f"{spec.where}: head {cfg.head!r} is not one of {', '.join(HEAD_MODELS)}")
         if cfg.normalize not in NORMALIZE:
             raise StackError(f"{spec.where}: normalize {cfg.normalize!r} is not one of {', '.join(NORMALIZE)}")
+        if cfg.stats not in STATS:
+            raise StackError(f"{spec.where}: stats {cfg.stats!r} is not one of {', '.join(STATS)}")
+        if cfg.stats == "block" and cfg.normalize != "layer":
+            raise StackError(f"{spec.where}: stats: block joins the statistics as one more unit-length block, which "
+                             f"needs normalize: layer (got {cfg.normalize!r}); use stats: append otherwise")
+        if cfg.pca < 0:
+            raise StackError(f"{spec.where}: pca must be 0 (none) or a number of components, got {cfg.pca}")
         if not cfg.input:
             raise StackError(f"{spec.where}: no `input`: name the member whose cached embeddings this head reads")
         paths.check_name(cfg.input)
@@ -94,7 +117,11 @@ class Head(FeaturizedKind):
         return [spec.cfg.input]
 
     def head(self, spec):
-        return lambda: HEAD_MODELS[spec.cfg.head](spec.cfg)
+        cfg = spec.cfg
+        if cfg.stats == "none" and not cfg.pca:
+            return lambda: HEAD_MODELS[cfg.head](cfg)
+        n_stats = 0 if cfg.stats == "none" else len(FEATURES)
+        return lambda: PreparedHead(HEAD_MODELS[cfg.head](cfg), n_stats, cfg.stats == "block", cfg.pca)
 
     def fit_features(self, spec, ctx):
         cfg, where = spec.cfg, spec.where
@@ -109,7 +136,9 @@ class Head(FeaturizedKind):
                              "it scores; read a frozen, features or grammar member instead")
         if not cache.emb_columns(frames["train"]):
             raise StackError(f"{where}: input {cfg.input!r} caches no embeddings (emb_* columns) to fit a head on")
-        X, X_test = (represent(frames[s][cache.emb_columns(frames[s])].to_numpy(), meta, cfg, where) for s in frames)
+        texts = {"train": ctx.train[TEXT].tolist(), "test": ctx.test[TEXT].tolist()}
+        X, X_test = (rows(frames[s][cache.emb_columns(frames[s])].to_numpy(), texts[s], meta, cfg, where)
+                     for s in frames)
         extra = {"input": cfg.input, "input_config": meta["config"],
                  "input_meta": {"blocks": meta.get("blocks"), "n_states": meta.get("n_states")}}
         return X, X_test, {"essays": len(X) + len(X_test), "extra": extra}
@@ -124,6 +153,6 @@ class Head(FeaturizedKind):
             if spec.cfg.input not in upstream:
                 raise StackError(f"{folder}: head {spec.name!r} needs member {spec.cfg.input!r}'s embeddings; score "
                                  "it through a Scorer (stack predict), which runs its input first")
-            return represent(upstream[spec.cfg.input], source, spec.cfg, spec.where)
+            return rows(upstream[spec.cfg.input], texts, source, spec.cfg, spec.where)
 
         return featurize

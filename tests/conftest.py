@@ -70,10 +70,13 @@ def small_data(dest: Path, n_train: int = 40) -> None:
     shutil.copy(DATA / "sample_submission.csv", dest / "sample_submission.csv")
 
 
-def edit_yaml(file: Path, **updates) -> dict:
-    """Set keys of a YAML mapping file in place; -> the new mapping."""
+def edit_yaml(file: Path, fn=None, **updates) -> dict:
+    """Set keys of a YAML mapping file in place (``fn(mapping)`` edits it further, e.g. a nested key); -> the new
+    mapping."""
     data = yaml.safe_load(Path(file).read_text()) or {}
     data.update(updates)
+    if fn is not None:
+        fn(data)
     Path(file).write_text(yaml.safe_dump(data, sort_keys=False))
     return data
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from stack.cli import app
 
-from conftest import ROOT, make_project, working_copy
+from conftest import ROOT, edit_yaml, make_project, working_copy
 
 runner = CliRunner()
 OUTPUTS = ("cache/folds.parquet", "cache/minilm/train.parquet", "cache/minilm/test.parquet", "submission.csv",
@@ -50,12 +50,6 @@ def proj(built, tmp_path, monkeypatch):
 def edit_csv(path, fn):
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     fn(df).to_csv(path, index=False)
-
-
-def edit_yaml(path, fn):
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    fn(data)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 TRAIN, TEST, SAMPLE = "data/fb3/train.csv", "data/fb3/test.csv", "data/fb3/sample_submission.csv"

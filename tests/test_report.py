@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from test_blend_run import write_fake_models
@@ -13,6 +14,8 @@ from stack.config import load_params
 from stack.errors import StackError
 from stack.report import write_report
 from stack.stages import run_folds
+
+from conftest import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,6 +35,11 @@ def test_report_has_tables_and_plots(project):
     for png in ("per_target_rmse.png", "methods.png", "weights.png", "oof_scatter.png"):
         assert f"]({png})" in text
         assert (md.parent / png).read_bytes()[:8] == PNG
+    # `make run` ends by printing these lines of the report (its pattern, read from the Makefile): all four are there
+    pattern = re.search(r"grep -E '([^']+)' reports/report.md", (ROOT / "Makefile").read_text()).group(1)
+    shown = [line for line in text.splitlines() if re.search(pattern, line)]
+    assert [line.split()[:2] for line in shown] == [["Blend", "**stack**"], ["-", "nested"], ["-", "in-sample"],
+                                                   ["-", "best"]]
 
 
 def test_report_without_blend_says_what_to_run(project):

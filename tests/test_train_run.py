@@ -5,6 +5,7 @@ folds, resume."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,12 @@ def test_resume_skips_finished_folds_and_retrains_changed_ones(trained):
     assert weights.stat().st_mtime_ns == stamp
     assert again["mcrmse"] == pytest.approx(first["mcrmse"])
     assert again["folds"][0]["mcrmse"] == pytest.approx(first["folds"][0]["mcrmse"])
+    # the architecture deleted after every fold finished: written again, without training anything
+    arch = paths.member_dir(MEMBER) / "backbone"
+    saved = sorted(p.name for p in arch.iterdir())
+    shutil.rmtree(arch)
+    assert all(f["skipped"] for f in fit_member(MEMBER, params, FAST)["folds"].values())
+    assert sorted(p.name for p in arch.iterdir()) == saved and weights.stat().st_mtime_ns == stamp
     # a killed run: fold 1 never finished -> only fold 1 trains
     (store.fold_dir(paths.member_dir(MEMBER), 1) / "outputs.safetensors").unlink()
     resumed = fit_member(MEMBER, params, FAST)

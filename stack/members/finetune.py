@@ -123,6 +123,10 @@ class Finetune(Kind):
         info = {"folds": folds, "essays": len(ctx.train) + len(ctx.test)}
         if pending:
             return Fitted(None, None, info=info, pending=pending)
+        if not (folder / ARCHITECTURE).is_dir() and dist.is_main():  # every fold skipped, the architecture deleted
+            from stack.train.model import build_model, save_architecture
+
+            save_architecture(*build_model(cfg, spec.backbone, spec.where), folder / ARCHITECTURE)
         oof, test, feats, test_feats = _assemble(ctx, outs, folder)
         score, per_target = mcrmse(ctx.y, oof)
         live.finish({"cv": {"mcrmse": score, **per_target}})

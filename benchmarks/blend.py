@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from stack.blend.registry import BLENDERS, BlendOptions
+from stack.blend.config import BlendConfig
+from stack.blend.registry import BLENDERS
 from stack.blend.run import evaluate
 from stack.metrics import mcrmse
 from stack.schema import ID, PRED_COLS, TARGETS, emb_cols
@@ -101,7 +102,7 @@ def main() -> None:
         if method not in BLENDERS:
             raise SystemExit(f"unknown method {method!r} (valid: {', '.join(BLENDERS)})")
         t0 = time.perf_counter()
-        r = evaluate(method, args.features, frames, models, y, fold, BlendOptions())
+        r = evaluate(method, args.features, frames, models, y, fold, BlendConfig())
         secs = time.perf_counter() - t0
         print(f"{method:<12} {r['layout'].features:<8} {secs:8.1f} {mcrmse(y, r['nested'])[0]:8.4f} "
               f"{mcrmse(y, r['in_sample'])[0]:9.4f}", flush=True)

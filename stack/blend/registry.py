@@ -3,7 +3,7 @@ features it reads: ``any`` (honours ``--features emb|preds|both``), ``preds`` (m
 or ``both`` (embeddings and predictions, split by the blender itself).
 
     entry = get_blender("hill")
-    est = entry.make(layout, BlendOptions(negative=True)).fit(X, y)
+    est = entry.make(layout, BlendConfig(negative=True)).fit(X, y)   # the blender knobs of params.yaml blend:
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from stack.blend.config import BlendConfig
 from stack.blend.hill_climb import HillClimbBlender
 from stack.blend.nelder_mead import NelderMeadBlender
 from stack.blend.stacked import StackBlender
@@ -23,20 +24,10 @@ INPUTS = ("any", "preds", "both")
 
 
 @dataclass(frozen=True)
-class BlendOptions:
-    """Knobs of the blenders (params.yaml ``blend:``)."""
-
-    negative: bool = False  # hill: allow negative mixing weights
-    bounds: tuple[float, float] | None = None  # nelder-mead: (low, high) for every weight, None = free
-    svr_scaling: str = "standard"  # svr: standard | l2
-    lgbm_n_jobs: int = 2
-
-
-@dataclass(frozen=True)
 class Entry:
     name: str
     inputs: str
-    make: Callable  # (layout: features.Layout | None, options: BlendOptions) -> estimator
+    make: Callable  # (layout: features.Layout | None, options: BlendConfig) -> estimator
     doc: str
 
 
@@ -69,32 +60,32 @@ def features_for(name: str, features: str) -> str:
 
 
 @register("ridge", "any", "RidgeCV per target (alpha by leave-one-out) on standardised features")
-def _ridge(layout=None, options=BlendOptions()):
+def _ridge(layout=None, options=BlendConfig()):
     return Ridge()
 
 
 @register("lgbm", "any", "LightGBM per target, early stopping on an inner split of the training rows")
-def _lgbm(layout=None, options=BlendOptions()):
+def _lgbm(layout=None, options=BlendConfig()):
     return LGBMBlender(n_jobs=options.lgbm_n_jobs)
 
 
 @register("svr", "any", "RBF SVR per target on standardised or L2-normalised features")
-def _svr(layout=None, options=BlendOptions()):
+def _svr(layout=None, options=BlendConfig()):
     return KernelSVR(scaling=options.svr_scaling)
 
 
 @register("hill", "preds", "greedy hill climbing over the models' OOF predictions, per target")
-def _hill(layout=None, options=BlendOptions()):
+def _hill(layout=None, options=BlendConfig()):
     return HillClimbBlender(negative=options.negative)
 
 
 @register("nelder-mead", "preds", "per-target weights of the models' predictions by Nelder-Mead")
-def _nelder_mead(layout=None, options=BlendOptions()):
+def _nelder_mead(layout=None, options=BlendConfig()):
     return NelderMeadBlender(bounds=options.bounds)
 
 
 @register("stack", "both", "mean of ridge on embeddings and hill climbing on predictions")
-def _stack(layout=None, options=BlendOptions()):
+def _stack(layout=None, options=BlendConfig()):
     if layout is None:
         return StackBlender()
     emb = layout.emb_columns() if len(layout.emb_columns()) else layout.pred_columns()

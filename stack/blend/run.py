@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from stack import __version__, cache, paths
-from stack.blend.config import load_blend_config
+from stack.blend.config import BlendConfig, load_blend_config
 from stack.blend.features import aligned, check_features, make_layout, matrix
 from stack.blend.intervals import bootstrap_ci, paired_bootstrap
 from stack.blend.persist import FittedBlend, postprocess, predict_blend, save_blend
-from stack.blend.registry import BlendOptions, features_for, get_blender
+from stack.blend.registry import features_for, get_blender
 from stack.errors import StackError
 from stack.metrics import mcrmse
 from stack.schema import FOLD, ID, LEAKY_EMBEDDINGS, PRED_COLS, TARGETS
@@ -70,16 +71,15 @@ def nested_and_in_sample(make, X: np.ndarray, y: np.ndarray, fold: np.ndarray):
     return nested, full.predict(X), full
 
 
-def options_from(cfg) -> BlendOptions:
-    """BlendOptions from params.yaml ``blend:`` (a BlendConfig)."""
+def options_from(cfg: BlendConfig) -> BlendConfig:
+    """params.yaml ``blend:`` with its blender knobs checked (bounds, svr_scaling), bounds as a tuple."""
     from stack.heads.svr import SCALINGS
 
     if cfg.bounds is not None and (len(cfg.bounds) != 2 or not cfg.bounds[0] < cfg.bounds[1]):
         raise StackError(f"params.yaml: blend.bounds must be [low, high] with low < high (or null), got {list(cfg.bounds)}")
     if cfg.svr_scaling not in SCALINGS:
         raise StackError(f"params.yaml: blend.svr_scaling {cfg.svr_scaling!r} is not one of {', '.join(SCALINGS)}")
-    return BlendOptions(negative=cfg.negative, bounds=tuple(cfg.bounds) if cfg.bounds else None,
-                        svr_scaling=cfg.svr_scaling, lgbm_n_jobs=cfg.lgbm_n_jobs)
+    return replace(cfg, bounds=tuple(cfg.bounds) if cfg.bounds else None)
 
 
 def weights_table(est, layout) -> dict | None:
@@ -105,7 +105,7 @@ def check_honest(method: str, features: str) -> None:
 
 
 
-def evaluate(method: str, features: str, train: dict, models: list[str], y, fold, options: BlendOptions,
+def evaluate(method: str, features: str, train: dict, models: list[str], y, fold, options: BlendConfig,
              kinds: dict | None = None) -> dict:
     """Nested and in-sample CV of one method -> dict with arrays (``nested``, ``in_sample``) and the fitted blender.
     ``kinds``: {member: kind}: a member whose OOF embeddings saw the labels (a fine-tuned one) is blended on its
@@ -156,7 +156,7 @@ def summarize(y: np.ndarray, runs: dict, method: str, train: dict, try_rounding:
 
 
 def run_blend(params, models: list[str], method: str, features: str, compare: list[str] | None = None,
-              options: BlendOptions | None = None, try_rounding: bool | None = None) -> dict:
+              options: BlendConfig | None = None, try_rounding: bool | None = None) -> dict:
     """``stack blend``: score ``method`` and every ``compare`` method, write submission.csv, metrics/cv.json,
     models/blend/{blender.json, blender.safetensors, oof.parquet, blend.json}; returns what cv.json holds."""
     cfg = load_blend_config(params)

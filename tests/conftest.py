@@ -70,6 +70,29 @@ def small_data(dest: Path, n_train: int = 40) -> None:
     shutil.copy(DATA / "sample_submission.csv", dest / "sample_submission.csv")
 
 
+def ok(*args) -> str:
+    """Run ``stack ARGS`` in-process; it must succeed -> its output."""
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def refused(*args) -> str:
+    """Run ``stack ARGS``; it must fail as a person's mistake does: exit code 2 and one line, no traceback."""
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    message = result.output.strip()
+    assert result.exit_code == 2 and message.startswith("error: ") and "\n" not in message, result.output
+    return message
+
+
 def edit_yaml(file: Path, fn=None, **updates) -> dict:
     """Set keys of a YAML mapping file in place (``fn(mapping)`` edits it further, e.g. a nested key); -> the new
     mapping."""

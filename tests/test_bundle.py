@@ -20,17 +20,12 @@ from stack.cli import app
 from stack.errors import StackError
 from stack.schema import TARGETS
 
-from conftest import DATA, edit_yaml, make_project
+from conftest import DATA, edit_yaml, make_project, ok
 
 runner = CliRunner()
 NEW = pd.DataFrame({"text_id": ["b", "a"], "full_text": ["I like school. It is fun.\n\nMy teacher are nice.",
                                                          "Dogs is good pet because they loyal."]})
 
-
-def ok(*args):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,17 @@ to install it, and ``stack fit grammar`` / ``stack predict`` work on the small p
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from stack.cli import app
 from stack.errors import StackError
 from stack.members import grammar
 from stack.members.grammar import FAMILIES, GRAMMAR_FEATURES, GrammarConfig, grammar_features, tag_family, windows
 from stack.schema import TARGETS
 
-runner = CliRunner()
+from conftest import ok
+
 WRONG = "he go to school yesterday and they was happy ."
 RIGHT = "He went to school yesterday and they were happy."
 
-
-def ok(*args):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def row(x):

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from stack.cli import app
 from stack.heads.kernel_ridge import KernelRidge, loo_dual, sq_dists
 from stack.heads.ridge import Ridge
 
-from conftest import edit_yaml
-
-runner = CliRunner()
+from conftest import edit_yaml, ok, refused
 
 
 def signal(n=400, d=12, seed=0):
@@ -103,17 +99,6 @@ def test_pca_keeps_the_training_rows_leading_directions_for_trees():
 
 # -- the member ----------------------------------------------------------------------------------------------------
 
-def ok(*args):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def refused(*args):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
-    return result.output
 
 
 @pytest.fixture

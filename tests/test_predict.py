@@ -9,31 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from stack.cli import app
 from stack.members import KINDS
 from stack.schema import TARGETS
 
-from conftest import edit_yaml, make_project, working_copy
+from conftest import edit_yaml, make_project, ok, refused, working_copy
 
-runner = CliRunner()
 FIT = {"tfidf": ["--set", "max_features=2000", "--set", "min_df=1"], "grammar": ["--set", "batch_size=4"],
        "lgbm": ["--set", "svd=8", "--set", "min_df=1"], "mpnet-krr": ["--set", "layers=[1,2]"], "minilm-krr": ["--set", "layers=[1,2]"]}
 
 
-def ok(*args):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def refused(*args) -> str:
-    """The one line a command that must fail prints (exit code 2, no traceback)."""
-    result = runner.invoke(app, list(args))
-    message = result.output.strip()
-    assert result.exit_code == 2 and message.startswith("error: ") and "\n" not in message, result.output
-    return message
 
 
 def assert_reproduces_the_submission(scores_csv="scores.csv"):

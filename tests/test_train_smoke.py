@@ -142,26 +142,6 @@ def test_tiny_deberta_learns_a_text_dependent_target(backbone):
     assert mcrmse(y, oof)[0] < 0.7 * mcrmse(y, baseline)[0]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_cuda_precision_trains_and_reloads(precision, backbone, tmp_path):
-    from safetensors.torch import load_model, save_model
-
-    cfg = cfg_of(precision=precision, device="cuda", awp_eps=0.01, awp_start_epoch=1, grad_checkpointing=True)
-    texts, y = synthetic(14)
-    tokenizer, model = build_model(cfg, backbone, "test")
-    ids = encode(texts, tokenizer, cfg.max_len)
-    dev = torch.device("cuda")
-    res = train_fold(model, cfg, ids[:10], y[:10], ids[10:], y[10:], tokenizer.pad_token_id, dev)
-    assert res.precision == precision and np.isfinite(res.valid_pred).all()
-    save_model(res.model, str(tmp_path / "w.safetensors"))
-    _, fresh = build_model(cfg, backbone, "test")
-    load_model(fresh, str(tmp_path / "w.safetensors"))
-    pred, _ = predict(fresh.to(dev), ids[10:], 8, tokenizer.pad_token_id, dev, precision)
-    np.testing.assert_allclose(pred, res.valid_pred, atol=2e-2)
-
-
 def test_fp16_on_cpu_is_refused(backbone):
     """The training loop asks stack.runtime too: fp16 on the CPU stops before the first step."""
     from stack.errors import StackError

@@ -110,7 +110,8 @@ def fitted_input(project):
     return project
 
 
-def test_a_head_reads_only_the_cache_of_its_input_and_never_loads_a_backbone(fitted_input, monkeypatch):
+@pytest.mark.parametrize("sets", [[], ["--set", "stats=block"]])  # the statistics come from the essays, not a model
+def test_a_head_reads_only_the_cache_of_its_input_and_never_loads_a_backbone(fitted_input, monkeypatch, sets):
     import transformers
 
     from stack import cache
@@ -121,7 +122,7 @@ def test_a_head_reads_only_the_cache_of_its_input_and_never_loads_a_backbone(fit
 
     monkeypatch.setattr(loading, "load_backbone", no_backbone)
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_backbone)
-    ok("fit", "minilm-krr")
+    ok("fit", "minilm-krr", *sets)
     train, meta = cache.read_member("minilm-krr", "train")
     _, source = cache.read_member("minilm", "train")
     assert meta["kind"] == "head" and meta["input"] == "minilm" and meta["input_config"] == source["config"]

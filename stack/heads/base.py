@@ -17,6 +17,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 BASE_FITTED = ("n_features_in_", "n_outputs_", "y_1d_")
 
 
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit Euclidean length (an all-zero row stays zero)."""
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
 class RegressorBase(RegressorMixin, BaseEstimator):
     """A multi-output regressor ``(n, d) -> (n, k)``; 1-D ``y`` gives 1-D predictions."""
 

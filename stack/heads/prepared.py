@@ -19,12 +19,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import clone
 
-from stack.heads.base import RegressorBase
+from stack.heads.base import RegressorBase, unit_rows
 from stack.state import savable
-
-
-def unit_rows(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 @savable

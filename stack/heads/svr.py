@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stack.heads.base import RegressorBase
+from stack.heads.base import RegressorBase, unit_rows
 from stack.heads.kernel_ridge import sq_dists
 from stack.state import savable
 
@@ -37,7 +37,7 @@ class KernelSVR(RegressorBase):
 
     def _scaled(self, X: np.ndarray) -> np.ndarray:
         if self.scaling == "l2":
-            return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+            return unit_rows(X)
         return (X - self.center_) / self.scale_
 
     def fit(self, X, y):

@@ -19,6 +19,7 @@ import numpy as np
 
 from stack import cache, paths
 from stack.errors import StackError
+from stack.heads.base import unit_rows
 from stack.heads.kernel_ridge import ALPHAS, KernelRidge
 from stack.heads.lgbm import LGBMBlender
 from stack.heads.mlp import MLPHead
@@ -77,11 +78,9 @@ def represent(emb: np.ndarray, meta: dict, cfg, where: str) -> np.ndarray:
                              f"{missing[0]} in its cache (it has {sorted({b['layer'] for b in blocks} - {None})})")
     parts = [emb[:, j * width:(j + 1) * width] for j in chosen]
     if cfg.normalize == "layer":
-        parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
+        parts = [unit_rows(p) for p in parts]
     X = np.hstack(parts)
-    if cfg.normalize in ("layer", "row") and cfg.stats != "block":
-        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    return X
+    return unit_rows(X) if cfg.normalize in ("layer", "row") and cfg.stats != "block" else X
 
 
 def rows(emb: np.ndarray, texts: list[str], meta: dict, cfg, where: str) -> np.ndarray:

@@ -38,6 +38,15 @@ def test_empty_and_punctuation_only_texts_give_finite_rows():
     assert x.shape == (2, len(FEATURES)) and np.isfinite(x).all()
 
 
+def test_statistics_asked_again_for_the_same_essays_are_the_same_and_a_callers_edit_never_leaks():
+    texts = ["I like dogs. they is nice", "Short."]
+    first = text_stats(texts)
+    first[:] = -1.0  # the caller owns what it gets
+    again = text_stats(list(texts))
+    np.testing.assert_array_equal(again, np.vstack([text_stats([t]) for t in texts]))  # each row computed apart
+    assert not np.array_equal(text_stats(["Short."]), text_stats(["A much longer essay, with commas."]))
+
+
 def test_wordlist_is_a_real_english_list():
     words = load_wordlist()
     assert len(words) > 50_000 and {"because", "students", "technology"} <= set(words) and "becuase" not in words

@@ -97,7 +97,13 @@ def _stats(text: str, words_known: dict[str, float], rare_log: float, common_log
 
 
 def text_stats(texts: list[str], wordlist: str = FeaturesConfig.wordlist) -> np.ndarray:
-    """Handcrafted statistics ``(n, len(FEATURES))`` float64 of ``texts``."""
+    """Handcrafted statistics ``(n, len(FEATURES))`` float64 of ``texts``. The last call's result is kept: scoring
+    essays asks for the same texts' statistics once per member that reads them (features and the heads' ``stats``)."""
+    return _text_stats(tuple(texts), wordlist).copy()
+
+
+@lru_cache(maxsize=1)
+def _text_stats(texts: tuple[str, ...], wordlist: str) -> np.ndarray:
     known = load_wordlist(wordlist)
     ranked = sorted(known.values(), reverse=True)
     rare_log, common_log = ranked[min(20000, len(ranked) - 1)], ranked[min(1000, len(ranked) - 1)]

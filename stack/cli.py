@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -24,6 +25,17 @@ PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params.yaml to 
 @app.callback()
 def main() -> None:
     """Score English-language-learner essays on six traits: folds -> fit (each member) -> blend."""
+    warnings.formatwarning = one_line
+
+
+def one_line(message, category, filename, lineno, line=None) -> str:
+    """stack's own warnings as one line, as its errors are; other packages' keep Python's format."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+
+
+_PYTHON_FORMAT = warnings.formatwarning
 
 
 def friendly(fn):

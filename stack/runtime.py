@@ -4,7 +4,13 @@
   ``cpu``, ``cuda``, ``cuda:<k>`` are checked against what is visible.
 - ``precision("auto", device)``: bf16 where the device computes it natively (CPUs with AVX-512 BF16 / AMX through
   oneDNN, CUDA devices from Ampere on; emulated bf16 does not count), fp16 on older CUDA devices, else fp32.
-  ``fp16`` needs CUDA. Frozen and fine-tuned members read the same word (``precision``).
+  ``fp16`` needs CUDA. An explicit ``bf16`` on a CPU without native bf16 runs, emulated (a config written on an
+  AMX machine still works on a laptop, with the same rounding), after one line saying it will be several times
+  slower than fp32 there. Frozen and fine-tuned members read the same word (``precision``).
+- ``onednn(dtype)``: whether oneDNN builds the primitives of the CPU fast paths (stack.backbones.attention's
+  softmax, stack.backbones.packed's linears) in ``dtype`` on this CPU, probed once per process by building them
+  on tiny tensors. An AVX2-only CPU has none in bf16 (oneDNN: "could not create a primitive descriptor"); there
+  the fast paths fall back to the plain PyTorch ops.
 - ``threads(0)``: every core this process may use, shared among the local ranks of a torchrun job.
 - ``heap_reuse()``: glibc serves every allocation above its mmap threshold (128 KiB at first, raised as blocks are
   freed, to at most 32 MiB) with a fresh ``mmap`` and gives it back on ``free``, so a model whose activations
@@ -28,9 +34,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 import threading
+import warnings
 
 from stack.errors import StackError
 
@@ -104,15 +112,46 @@ def native_bf16(dev) -> bool:
     return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
+_warned: set[str] = set()
+
+
 def precision(requested: str, dev, where: str = "") -> str:
-    """The precision to run in on ``dev``: ``auto`` -> bf16 where native, fp16 on other CUDA devices, else fp32."""
+    """The precision to run in on ``dev``: ``auto`` -> bf16 where native, fp16 on other CUDA devices, else fp32.
+    An explicit bf16 where it is not native is kept (emulated), with one warning per ``where`` and process."""
     if requested not in PRECISIONS:
         raise StackError(f"{where}: precision {requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested == "auto":
         return "bf16" if native_bf16(dev) else "fp16" if dev.type == "cuda" else "fp32"
     if requested == "fp16" and dev.type != "cuda":
         raise StackError(f"{where}: precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
+    if requested == "bf16" and dev.type == "cpu" and where not in _warned and not native_bf16(dev):
+        _warned.add(where)
+        warnings.warn(f"{where or 'precision'}: bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX) is "
+                      "emulated, several times slower than fp32; set precision: auto (fp32 here) to run at full speed",
+                      stacklevel=2)
     return requested
+
+
+def onednn(dtype) -> bool:
+    """Whether oneDNN builds a softmax and a packed linear in ``dtype`` (torch.float32 or torch.bfloat16) on this
+    CPU: probed once per process and dtype. False for other dtypes and where PyTorch lacks oneDNN."""
+    return _onednn_probe(dtype)
+
+
+@functools.cache
+def _onednn_probe(dtype) -> bool:
+    import torch
+
+    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        scores = torch.zeros(1, 1, 2, 2, dtype=dtype)
+        torch.softmax(scores.to_mkldnn(), dim=-1).to_dense()
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.zeros(2, 2, dtype=dtype), 2)
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(2, 2, dtype=dtype), packed, None, "none", [], "")
+    except (RuntimeError, AttributeError, NotImplementedError):  # "could not create a primitive descriptor", ...
+        return False
+    return True
 
 
 def torch_dtype(prec: str):

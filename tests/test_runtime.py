@@ -80,8 +80,22 @@ def test_auto_precision_on_cuda_is_bf16_where_native_else_fp16(monkeypatch):
 
 @pytest.mark.parametrize("prec", ["bf16", "fp32"])
 def test_explicit_precision_is_kept(prec, monkeypatch):
-    monkeypatch.setattr(runtime, "native_bf16", lambda dev: False)  # bf16 asked for: emulated is the user's call
+    monkeypatch.setattr(runtime, "native_bf16", lambda dev: True)
     assert runtime.precision(prec, CPU, WHERE) == prec
+
+
+def test_explicit_bf16_without_native_bf16_runs_emulated_after_one_warning(monkeypatch, recwarn):
+    """A config written on an AMX machine still runs on an AVX2 laptop: emulated, said once per config file."""
+    monkeypatch.setattr(runtime, "native_bf16", lambda dev: False)
+    monkeypatch.setattr(runtime, "_warned", set())
+    for _ in range(3):
+        assert runtime.precision("bf16", CPU, WHERE) == "bf16"
+    assert runtime.precision("fp32", CPU, WHERE) == runtime.precision("auto", CPU, WHERE) == "fp32"
+    assert runtime.precision("bf16", CPU, "configs/members/y.yaml") == "bf16"
+    said = [str(w.message) for w in recwarn]
+    assert len(said) == 2 and said[0].startswith(f"{WHERE}: bf16 on a CPU without native bf16")
+    assert "several times slower than fp32; set precision: auto" in said[0] and "\n" not in said[0]
+    assert said[1].startswith("configs/members/y.yaml: ")
 
 
 def test_fp16_on_the_cpu_and_unknown_words_are_errors_naming_the_file():
@@ -160,8 +174,8 @@ def _mask(b=3, t=7):
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("onednn", [False, True])
 def test_cpu_attention_matches_sdpa(dtype, tol, masked, onednn, monkeypatch):
-    if onednn and not torch.backends.mkldnn.is_available():
-        pytest.skip("this PyTorch has no oneDNN")
+    if onednn and not runtime.onednn(dtype):
+        pytest.skip(f"oneDNN builds no {dtype} softmax on this CPU (tests/test_avx2.py covers the fallback)")
     monkeypatch.setattr(attention, "ONEDNN_SOFTMAX", onednn)
     q, k, v = _qkv(dtype)
     mask = _mask() if masked else None

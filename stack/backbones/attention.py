@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from stack import runtime
+
 NAME = "stack_cpu"
-ONEDNN_SOFTMAX = torch.backends.mkldnn.is_available()
+ONEDNN_SOFTMAX = True  # use oneDNN's softmax where this CPU builds it (stack.runtime.onednn); False: never
 SHORT = 128  # up to this many tokens the whole-batch path wins (longer: the flash kernel's quadratic saving)
 
 
@@ -45,9 +47,10 @@ def cpu_attention(module, query, key, value, attention_mask, scaling=None, dropo
 
 
 def softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim, by oneDNN where PyTorch has it: its vectorised exp makes the round trip through
-    oneDNN's layout (two copies) 1.3-1.7x faster than ``torch.softmax`` on bf16 attention scores."""
-    if ONEDNN_SOFTMAX and scores.dtype in (torch.bfloat16, torch.float32) and scores.is_contiguous():
+    """Softmax over the last dim, by oneDNN where this CPU builds it in ``scores``' dtype (stack.runtime.onednn):
+    its vectorised exp makes the round trip through oneDNN's layout (two copies) 1.3-1.7x faster than
+    ``torch.softmax`` on bf16 attention scores. Elsewhere (bf16 on an AVX2-only CPU) ``torch.softmax``."""
+    if ONEDNN_SOFTMAX and scores.is_contiguous() and runtime.onednn(scores.dtype):
         return torch.softmax(scores.to_mkldnn(), dim=-1).to_dense()
     return torch.softmax(scores, dim=-1)
 

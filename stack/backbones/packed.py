@@ -6,7 +6,8 @@ Packing each weight once (what ``torch.compile``'s freezing pass does for the CP
 computes exactly what ``nn.Linear`` does (tests compare them). A transformer block's up-projection followed by an
 exact GELU (the ``dense`` + ``intermediate_act_fn`` pair of BERT, RoBERTa, MPNet, DeBERTa, ...) becomes one
 call with GELU fused into the matmul, saving a pass over the widest activation. Where PyTorch lacks oneDNN or the
-packing ops, nothing is replaced.
+packing ops, or where this CPU's oneDNN cannot build them in the model's dtype (bf16 on an AVX2-only CPU:
+stack.runtime.onednn), nothing is replaced.
 
     from stack.backbones.packed import pack_linears
     n = pack_linears(model, rows=16 * 128)        # in place, on an inference-only copy; -> layers packed
@@ -15,6 +16,8 @@ packing ops, nothing is replaced.
 from __future__ import annotations
 
 import torch
+
+from stack import runtime
 
 
 class PackedLinear(torch.nn.Module):
@@ -37,13 +40,8 @@ class PackedLinear(torch.nn.Module):
 
 
 def packable(dtype: torch.dtype) -> bool:
-    if dtype not in (torch.float32, torch.bfloat16) or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        torch.ops.mkldnn._reorder_linear_weight, torch.ops.mkldnn._linear_pointwise  # noqa: B018
-    except (AttributeError, RuntimeError):
-        return False
-    return dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether linears in ``dtype`` can be packed on this CPU (stack.runtime.onednn's probe)."""
+    return runtime.onednn(dtype)
 
 
 def _exact_gelu(module) -> bool:

@@ -22,7 +22,10 @@ from stack.blend.config import BlendConfig
 from stack.blend.registry import BLENDERS
 from stack.blend.run import evaluate
 from stack.metrics import mcrmse
-from stack.schema import ID, PRED_COLS, TARGETS, emb_cols
+from stack.schema import emb_cols
+from stack.task import Task
+
+TASK = Task()  # FB3
 
 ORDER = ("ridge", "hill", "nelder-mead", "stack", "svr", "lgbm")
 
@@ -30,15 +33,15 @@ ORDER = ("ridge", "hill", "nelder-mead", "stack", "svr", "lgbm")
 def synthetic(rows: int, n_models: int, dim: int, seed: int = 0):
     """({model: frame with text_id, pred_*, emb_*}, y (rows, 6), fold (rows,)) with a learnable signal."""
     rng = np.random.default_rng(seed)
-    y = pd.read_csv("data/fb3/train.csv")[list(TARGETS)].to_numpy(np.float64)
+    y = TASK.y(pd.read_csv("data/fb3/train.csv"))
     y = y[rng.integers(0, len(y), rows)] if rows != len(y) else y
     latent = np.hstack([y - y.mean(0), rng.normal(0, 0.3, (rows, 26))])  # (rows, 32)
     frames = {}
     for i in range(n_models):
         emb = latent @ rng.normal(0, 1 / np.sqrt(32), (32, dim)) + rng.normal(0, 0.5 + 0.1 * i, (rows, dim))
         pred = y + rng.normal(0, 0.45 + 0.03 * i, y.shape) + rng.normal(0, 0.2, (rows, 1))
-        frames[f"m{i}"] = pd.concat([pd.DataFrame({ID: np.arange(rows).astype(str)}),
-                                     pd.DataFrame(pred, columns=list(PRED_COLS)),
+        frames[f"m{i}"] = pd.concat([pd.DataFrame({TASK.id: np.arange(rows).astype(str)}),
+                                     pd.DataFrame(pred, columns=list(TASK.pred_cols)),
                                      pd.DataFrame(emb.astype(np.float32), columns=emb_cols(dim))], axis=1)
     return frames, y, np.arange(rows) % 5
 
@@ -59,12 +62,12 @@ def vs_sklearn(X: np.ndarray, y: np.ndarray) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from stack.blend.feature_blenders import RIDGE_ALPHAS, RidgeBlender
+    from stack.heads.ridge import ALPHAS, Ridge
 
     t0 = time.perf_counter()
-    ours = RidgeBlender().fit(X, y)
+    ours = Ridge().fit(X, y)
     t1 = time.perf_counter()
-    ref = make_pipeline(StandardScaler(), RidgeCV(alphas=np.array(RIDGE_ALPHAS), alpha_per_target=True)).fit(X, y)
+    ref = make_pipeline(StandardScaler(), RidgeCV(alphas=np.array(ALPHAS), alpha_per_target=True)).fit(X, y)
     t2 = time.perf_counter()
     same = np.allclose(ours.predict(X[:200]), ref.predict(X[:200]), atol=1e-6)
     print(f"ridge on {X.shape}: ours {t1 - t0:.1f}s, sklearn RidgeCV {t2 - t1:.1f}s, ratio {(t2 - t1) / (t1 - t0):.1f}x; "
@@ -91,18 +94,18 @@ def main() -> None:
     if args.vs_sklearn:
         from stack.blend.features import make_layout, matrix
 
-        vs_sklearn(matrix(frames, make_layout(frames, models, "emb")), y)
+        vs_sklearn(matrix(frames, make_layout(frames, models, "emb", TASK)), y)
         return
     n_emb = sum(len([c for c in f.columns if c.startswith("emb_")]) for f in frames.values())
     print(f"{len(y)} rows, {len(models)} models, {n_emb} embedding dims, {len(np.unique(fold))} folds, "
           f"{len(os.sched_getaffinity(0))} cores; seconds = {len(np.unique(fold))} nested fits + 1 full fit")
-    best_single = min(mcrmse(y, f[list(PRED_COLS)].to_numpy())[0] for f in frames.values())
+    best_single = min(mcrmse(y, f[list(TASK.pred_cols)].to_numpy())[0] for f in frames.values())
     print(f"{'method':<12} {'features':<8} {'seconds':>8} {'nested':>8} {'in-sample':>9}   best single {best_single:.4f}")
     for method in args.methods.split(","):
         if method not in BLENDERS:
             raise SystemExit(f"unknown method {method!r} (valid: {', '.join(BLENDERS)})")
         t0 = time.perf_counter()
-        r = evaluate(method, args.features, frames, models, y, fold, BlendConfig())
+        r = evaluate(method, args.features, frames, models, TASK, y, fold, BlendConfig())
         secs = time.perf_counter() - t0
         print(f"{method:<12} {r['layout'].features:<8} {secs:8.1f} {mcrmse(y, r['nested'])[0]:8.4f} "
               f"{mcrmse(y, r['in_sample'])[0]:9.4f}", flush=True)

@@ -2,7 +2,7 @@
 (an offline Kaggle notebook, a researcher's laptop) with no repository, no params.yaml and no hub.
 
     bundle/
-      manifest.json        format, versions, members, CV table, every file's SHA-256 and size
+      manifest.json        format, versions, the task, members, CV table, every file's SHA-256 and size
       README.md            how to use it
       blend/blender.{json,safetensors}
       members/<name>/member.json + heads.{json,safetensors} | fold<k>/model.safetensors + backbone/ (tokenizer,
@@ -14,7 +14,7 @@ before anything is read, and loads transformer weights from safetensors only.
 
     stack export bundle/                  # after `dvc repro` (or `stack blend`)
     stack predict --bundle bundle/ --input essays.csv --out scores.csv
-    Scorer.load("bundle/").score(df)
+    Scorer.load("bundle/").score(df)          # stack.scorer loads it
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 from stack import paths
-from stack.cache import check_input, read_json, sha256
+from stack.cache import MEMBER_JSON, read_json, sha256, with_inputs
 from stack.errors import StackError
 
-FORMAT = "stack-bundle/1"
+FORMAT = "stack-bundle/2"
+READS = ("stack-bundle/1", FORMAT)  # 1: made before tasks (stack.renamed), its blend scores FB3
 MANIFEST = "manifest.json"
 
 
@@ -52,7 +53,7 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
     from stack.blend.persist import check_blend, load_blend, prune_zero, save_blend
     from stack.cache import write_json
     from stack.members.registry import spec_from_json
-    from stack.members.run import MEMBER_JSON, read_member_json
+    from stack.members.run import read_member_json
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -60,12 +61,9 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
     fitted = load_blend()
     if drop_zero:
         fitted = prune_zero(fitted)
-    metas = {m: read_member_json(paths.member_dir(m)) for m in fitted.layout.models}
-    check_blend(fitted, {"models": {m: meta["config"] for m, meta in metas.items()}})
-    for name in list(metas):  # a head's input travels too, even if the blend does not weigh it
-        for inp in [metas[name]["input"]] if "input" in metas[name] else []:
-            metas.setdefault(inp, read_member_json(paths.member_dir(inp)))
-            check_input(name, metas[name], metas[inp]["config"], then=" before exporting")
+    # a head's input travels too, even if the blend does not weigh it
+    metas = with_inputs(list(fitted.layout.models), lambda m: read_member_json(paths.member_dir(m)), " before exporting")
+    check_blend(fitted, {"models": {m: metas[m]["config"] for m in fitted.layout.models}})
     tmp = out.with_name(f".{out.name}.tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -73,7 +71,7 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
             src, dst = paths.member_dir(name), tmp / "members" / name
             spec = spec_from_json(meta["config_json"], src, str(src / MEMBER_JSON))
             dst.mkdir(parents=True)
-            changes = spec.kind.export(spec, src, dst, keep_folds, by_reference)
+            changes = spec.kind.export(spec, meta, src, dst, keep_folds, by_reference)
             if changes:
                 meta = {**meta, "config_json": {**meta["config_json"], "backbone": {**meta["config_json"]["backbone"], **changes}}}
             write_json(dst / MEMBER_JSON, meta)
@@ -92,14 +90,16 @@ def export_bundle(out: Path, keep_folds: bool = False, drop_zero: bool = False, 
 
 def _manifest(root: Path, fitted, metas: dict, keep_folds: bool) -> dict:
     cv = json.loads(paths.cv_metrics().read_text()) if paths.cv_metrics().is_file() else {}
+    task = fitted.task
+    m = task.metric
     return {
         "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
-        "keep_folds": keep_folds,
-        "blend": {"method": fitted.method, "features": fitted.layout.features, "cv": fitted.cv},
-        "members": {m: {"kind": meta["kind"], "fingerprint": meta["config"], "cv": meta["cv"]["mcrmse"]}
-                    for m, meta in metas.items()},
-        "cv_table": {"single": {m: s["mcrmse"] for m, s in cv.get("single", {}).items()},
-                     "blend_nested": cv.get("blend", {}).get("mcrmse"), "blend_ci95": cv.get("blend", {}).get("ci95")},
+        "keep_folds": keep_folds, "task": task.record(),
+        "blend": {"method": fitted.method, "features": fitted.layout.features, "grid": fitted.grid, "cv": fitted.cv},
+        "members": {name: {"kind": meta["kind"], "fingerprint": meta["config"], "cv": meta["cv"].get(m)}
+                    for name, meta in metas.items()},
+        "cv_table": {"metric": m, "single": {name: s.get(m) for name, s in cv.get("single", {}).items()},
+                     "blend_nested": cv.get("blend", {}).get(m), "blend_ci95": cv.get("blend", {}).get("ci95")},
     }
 
 
@@ -108,34 +108,45 @@ def _listing(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
 def _readme(manifest: dict) -> str:
-    members = "\n".join(f"| `{m}` | {v['kind']} | {v['cv']:.4f} |" for m, v in manifest["members"].items())
+    from stack.metrics import get_metric
+    from stack.task import from_record
+
+    task = from_record(manifest["task"])
+    metric = get_metric(task.metric)
+    members = "\n".join(f"| `{name}` | {v['kind']} | {_fmt(v['cv'])} |" for name, v in manifest["members"].items())
     blend = manifest["blend"]
+    targets = ", ".join(f"{t} ({s.min:g}-{s.max:g}{'' if s.step is None else f' by {s.step:g}'})"
+                        for t, s in zip(task.targets, task.scales))
     return f"""# A trained `stack` bundle
 
-Scores English-language-learner essays on six traits (cohesion, syntax, vocabulary, phraseology, grammar,
-conventions; 1.0-5.0). Made by stack {manifest['versions']['stack']} on {manifest['created']}.
+Scores essays on {task.k} target{'s' if task.k > 1 else ''}: {targets}. Made by stack
+{manifest['versions']['stack']} on {manifest['created']}.
 
 Install the `stack` project (version {manifest['versions']['stack']}, from its repository: `pip install .` there;
 on Kaggle, a wheel of it uploaded as a dataset), then:
 
 ```bash
-stack predict --bundle THIS_FOLDER --input essays.csv --out scores.csv     # CSV with text_id, full_text
+stack predict --bundle THIS_FOLDER --input essays.csv --out scores.csv     # CSV with {task.id}, {task.text}
 ```
 
 ```python
 from stack import Scorer
 scorer = Scorer.load("THIS_FOLDER")
-scorer.score(["essay one ...", "essay two ..."])   # DataFrame: text_id + six traits, in input order
+scorer.score(["essay one ...", "essay two ..."])   # DataFrame: {task.id} + one column per target, in input order
 ```
 
 No internet is needed. Every file's SHA-256 is in manifest.json and is checked on load; the bundle holds no pickle.
 
-| member | kind | 5-fold CV MCRMSE |
+| member | kind | CV {metric.name.upper()} ({metric.better} is better) |
 |---|---|---|
 {members}
 
-Blend: `{blend['method']}` on {blend['features']}, nested CV {blend['cv'].get('nested', float('nan')):.4f}.
+Blend: `{blend['method']}` on {blend['features']}, nested CV {metric.name.upper()} {_fmt(blend['cv'].get('nested'))}.
 """
 
 
@@ -144,10 +155,10 @@ def verify(folder: Path) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
     manifest = read_json(path, f"{folder} is not a bundle written by `stack export`")
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READS:
         got = manifest.get("format")
-        raise StackError(f"{path}: bundle format {got!r}, this stack reads {FORMAT!r}; re-export it with this "
-                         "version's `stack export`")
+        raise StackError(f"{path}: bundle format {got!r}, this stack reads {' and '.join(map(repr, READS))}; "
+                         "re-export it with this version's `stack export`")
     listed = manifest.get("files", {})
     root = folder.resolve()
     for rel, want in listed.items():
@@ -165,24 +176,3 @@ def verify(folder: Path) -> dict:
     if extra:
         raise StackError(f"{folder / extra[0]}: not part of this bundle (not in {MANIFEST}); remove it")
     return manifest
-
-
-def load_bundle(folder: Path):
-    """A Scorer from a verified bundle."""
-    from stack.blend.persist import check_blend, load_blend
-    from stack.members.run import load_scorer
-    from stack.scorer import Scorer, load_members
-
-    folder = Path(folder)
-    verify(folder)  # every file hashed before anything is read
-    fitted = load_blend(folder / "blend")
-
-    def member_folder(name):
-        found = folder / "members" / paths.check_name(name)
-        if not found.is_dir():
-            raise StackError(f"{found}: missing; the blend needs member {name!r}; re-export the bundle")
-        return found
-
-    members = load_members(list(fitted.layout.models), member_folder, lambda f: load_scorer(f, strict=True))
-    check_blend(fitted, {"models": {m: members[m].fingerprint for m in fitted.layout.models}}, str(folder / MANIFEST))
-    return Scorer(fitted, members, str(folder))

@@ -1,4 +1,5 @@
-"""The ``stack`` command: one thin verb per stage. Errors a person can fix print one line and exit 2.
+"""The ``stack`` command: one thin verb per stage. Errors a person can fix print one line and exit 2; stack's own
+warnings print one line too.
 
     stack folds                         # cache/folds.parquet
     stack fit mpnet                     # any member (configs/members/mpnet.yaml) -> cache/mpnet/, models/mpnet/
@@ -24,7 +25,7 @@ PARAMS_OPT = typer.Option(Path("params.yaml"), "--params", help="params.yaml to 
 
 @app.callback()
 def main() -> None:
-    """Score English-language-learner essays on six traits: folds -> fit (each member) -> blend."""
+    """Score essays on the task's targets (params.yaml task:, FB3 by default): folds -> fit (each member) -> blend."""
     warnings.formatwarning = one_line
 
 
@@ -59,14 +60,17 @@ def _models(value: str | None, default) -> list[str]:
     return [m.strip() for m in value.split(",") if m.strip()] if value else list(default)
 
 
-def _line(name: str, score: float, per_target: dict) -> str:
-    return f"{name:<12} MCRMSE {score:.4f}  " + "  ".join(f"{t[:5]} {v:.4f}" for t, v in per_target.items())
+def _line(name: str, cv: dict) -> str:
+    """One member's or blend's CV: the metric (the first key of ``cv``), then each target's value."""
+    metric = next(iter(cv))
+    return f"{name:<12} {metric.upper()} {cv[metric]:.4f}  " + "  ".join(f"{t[:5]} {v:.4f}"
+                                                                          for t, v in cv["per_target"].items())
 
 
 @app.command()
 @friendly
 def folds(params: Path = PARAMS_OPT) -> None:
-    """Multilabel-stratified folds over the six targets -> cache/folds.parquet."""
+    """Folds stratified over the task's targets (or grouped: folds.group) -> cache/folds.parquet."""
     from stack.config import load_params
     from stack.stages import run_folds
 
@@ -97,20 +101,14 @@ def fit(
     if r["pending"]:
         typer.echo(f"folds {', '.join(map(str, r['pending']))} not fitted yet; the cache is written once every fold is done")
         return
-    typer.echo(_line(member, r["mcrmse"], r["per_target"]))
+    typer.echo(_line(member, r["cv"]))
     typer.echo(f"wrote cache/{member}/, models/{member}/ in {r['seconds'] / 60:.1f} min")
 
 
-OLD_VERBS = {"embed": "frozen members", "train": "fine-tuned members"}
-OLD_TRAIN_NAMES = {"deberta-v3-xsmall": "xsmall", "deberta-v3-small": "small", "deberta-v3-base": "base",
-                   "deberta-v3-large": "large", "deberta-v2-xlarge": "v2-xlarge"}
-OLD_FROZEN_NAMES = {"xsmall": "xsmall-frozen", "small": "small-frozen", "base": "base-frozen", "large": "large-frozen",
-                    "v2-xlarge": "v2-xlarge-frozen"}
-
-
 def _renamed(verb: str, name: str) -> None:
-    new = (OLD_TRAIN_NAMES if verb == "train" else OLD_FROZEN_NAMES).get(name, name)
-    raise StackError(f"`stack {verb}` is now `stack fit <member>` for {OLD_VERBS[verb]} too: run `stack fit {new}`")
+    from stack.renamed import verb_hint
+
+    raise StackError(verb_hint(verb, name))
 
 
 @app.command(hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -146,11 +144,16 @@ def blend(
     cfg = load_blend_config(p)
     r = run_blend(p, _models(models, blend_models(p, cfg)), method or cfg.method, features or cfg.features,
                   compare=None if compare is None else _models(compare, []), try_rounding=round_)
-    for name, s in sorted(r["single"].items(), key=lambda kv: kv[1]["mcrmse"]):
-        typer.echo(_line(name, s["mcrmse"], s["per_target"]))
-    for m, s in r["methods"].items():
-        typer.echo(f"method {m:<12} ({s['features']}): nested {s['nested']['mcrmse']:.4f}  in-sample {s['in_sample']['mcrmse']:.4f}")
-    typer.echo(_line(f"blend:{r['method']}", r["blend"]["mcrmse"], r["blend"]["per_target"]) + "  (nested CV)")
+    from stack.metrics import get_metric
+
+    metric = get_metric(r.get("metric", {}).get("name", "mcrmse"))
+    m = metric.name
+    for name in metric.order({n: s[m] for n, s in r["single"].items()}):
+        typer.echo(_line(name, {m: r["single"][name][m], "per_target": r["single"][name]["per_target"]}))
+    for name, s in r["methods"].items():
+        typer.echo(f"method {name:<12} ({s['features']}): nested {s['nested'][m]:.4f}  in-sample {s['in_sample'][m]:.4f}")
+    typer.echo(_line(f"blend:{r['method']}", {m: r["blend"][m], "per_target": r["blend"]["per_target"]})
+               + f"  (nested CV; {metric.better} is better)")
     typer.echo("wrote submission.csv, metrics/cv.json, models/blend/")
 
 
@@ -166,8 +169,8 @@ def report(out: Path = typer.Option(None, "--out", help="default reports/report.
 @app.command()
 @friendly
 def predict(
-    input_csv: Path = typer.Option(..., "--input", help="CSV with text_id, full_text (other columns are ignored)"),
-    out: Path = typer.Option(Path("scores.csv"), "--out", help="where to write text_id + six scores"),
+    input_csv: Path = typer.Option(..., "--input", help="CSV with the task's id and text columns (others ignored)"),
+    out: Path = typer.Option(Path("scores.csv"), "--out", help="where to write the id + one score per target"),
     models: str = typer.Option(None, "--models", help="comma-separated members (default: those the saved blend uses)"),
     bundle: Path = typer.Option(None, "--bundle", help="a folder written by `stack export` (no repository needed)"),
 ) -> None:
@@ -198,21 +201,26 @@ def export(
 
 @app.command()
 @friendly
-def score(pred: Path = typer.Argument(..., help="predictions CSV"), labels: Path = typer.Argument(..., help="labels CSV")) -> None:
-    """Overall and per-target MCRMSE of PRED.csv against LABELS.csv (joined on text_id)."""
+def score(pred: Path = typer.Argument(..., help="predictions CSV"), labels: Path = typer.Argument(..., help="labels CSV"),
+          params: Path = PARAMS_OPT) -> None:
+    """The task's metric, overall and per target, of PRED.csv against LABELS.csv (joined on the task's id)."""
+    from stack.config import load_params
     from stack.data import read_scores
-    from stack.metrics import mcrmse
-    from stack.schema import ID, TARGETS
+    from stack.metrics import score as metric_score
+    from stack.task import load_task
 
-    p, y = read_scores(pred, labels=False), read_scores(labels, labels=True)
-    missing = sorted(set(y[ID]) - set(p[ID]))
+    task = load_task(load_params(params))
+    p, y = read_scores(pred, labels=False, task=task), read_scores(labels, labels=True, task=task)
+    missing = sorted(set(y[task.id]) - set(p[task.id]))
     if missing:
-        raise StackError(f"{pred}: no prediction for {ID} {missing[0]!r} ({len(missing)} of {len(y)} missing)")
-    p = p.set_index(ID).loc[y[ID]]
-    overall, per = mcrmse(y[list(TARGETS)].to_numpy(), p[list(TARGETS)].to_numpy())
-    typer.echo(f"MCRMSE {overall:.4f}")
-    for t, v in per.items():
+        raise StackError(f"{pred}: no prediction for {task.id} {missing[0]!r} ({len(missing)} of {len(y)} missing)")
+    p = p.set_index(task.id).loc[y[task.id]]
+    cv = metric_score(task, task.y(y), task.y(p))
+    typer.echo(f"{task.metric.upper()} {cv[task.metric]:.4f}")
+    for t, v in cv["per_target"].items():
         typer.echo(f"  {t:<12} {v:.4f}")
+    if "rmse" in cv:
+        typer.echo(f"RMSE {cv['rmse']:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""Config machinery shared by every stage, and the params every stage reads (``debug``, ``data``, ``folds``,
-``members``). Each stage's own keys live with the stage: member kinds in ``stack.members``, backbones in
-``stack.backbones.config``, stage two in ``stack.blend.config`` -- so editing one stage's defaults reruns only it.
+"""Config machinery shared by every stage, and the params every stage reads (``debug``, ``data``, ``task``,
+``folds``, ``members``). Each stage's own keys live with the stage: the task in ``stack.task``, member kinds in
+``stack.members``, backbones in ``stack.backbones.config``, stage two in ``stack.blend.config`` -- so editing one
+stage's defaults reruns only it.
 
 One source of defaults (dataclasses); unknown keys and wrong types are errors that name the file and key.
 
     from stack.config import load_params, build, parse_overrides
-    params = load_params()                          # params.yaml
+    params = load_params()                          # params.yaml (params.source: the file, for messages)
     cfg = build(MyConfig, {"batch_size": 16}, "configs/members/x.yaml")
 """
 
@@ -22,39 +23,44 @@ from pathlib import Path
 
 import yaml
 
+from stack import renamed
 from stack.errors import StackError
 
 PARAMS = Path("params.yaml")
 DEBUG_ROWS, DEBUG_FOLDS = 48, 2
 _SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-# sections of earlier releases, and what replaced them
-OLD_SECTIONS = {"embed": "`embed.models` is now the top-level `members` list (names under configs/members/)",
-                "train": "`train.models` is now the top-level `members` list (fine-tuned members have kind: finetune)"}
+INTERNAL = {"internal": True}  # a field the program sets, never a key of the file
 
 
 @dataclass(frozen=True)
 class DataConfig:
     train: str = "data/fb3/train.csv"
     test: str = "data/fb3/test.csv"
-    sample_submission: str = "data/fb3/sample_submission.csv"
+    sample_submission: str | None = "data/fb3/sample_submission.csv"  # None: the submission's rows follow test.csv
 
 
 @dataclass(frozen=True)
 class FoldsConfig:
     n_folds: int = 5
     seed: int = 42
+    group: str | None = None  # a training-data column: no group (e.g. prompt) in two folds
 
 
 @dataclass(frozen=True)
 class Params:
-    """params.yaml. ``blend`` stays a raw mapping here: ``stack.blend.config`` owns and checks its keys."""
+    """params.yaml; its defaults are the default run's. ``task`` and ``blend`` stay raw mappings here:
+    ``stack.task`` and ``stack.blend.config`` own and check their keys."""
 
     debug: bool = False
     data: DataConfig = field(default_factory=DataConfig)
+    task: dict | None = None  # None: FB3 (stack.task)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
-    members: tuple[str, ...] = ("minilm",)  # each has configs/members/<name>.yaml; DVC runs fit@<name> for each
-    heads: dict | None = None  # {name: input}: heads over another member's cache; DVC runs head@<name> after fit@<input>
+    members: tuple[str, ...] = ("mpnet", "features")  # each has configs/members/<name>.yaml; DVC runs fit@<name>
+    # {name: input}: heads over another member's cache; DVC runs head@<name> after fit@<input>
+    heads: dict | None = field(default_factory=lambda: {"mpnet-krr": "mpnet", "mpnet-mlp": "mpnet",
+                                                        "mpnet-lgbm": "mpnet"})
     blend: dict | None = None
+    source: str = field(default=str(PARAMS), metadata=INTERNAL)  # the file read, for messages
 
     def all_members(self) -> list[str]:
         """Every stage-one member: ``members``, then ``heads``."""
@@ -91,17 +97,16 @@ def _coerce(value, tp, where: str):
 
 
 def build(cls, raw: dict | None, where: str):
-    """Dataclass ``cls`` from a mapping; unknown keys and wrong types raise StackError naming ``where``.
-
-    A class may map old key names to a hint in ``RENAMED`` (a ClassVar): such a key gets that hint."""
+    """Dataclass ``cls`` from a mapping; unknown keys and wrong types raise StackError naming ``where``; a key
+    that was renamed (stack.renamed.KEYS) gets its new name."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise StackError(f"{where}: expected a mapping of keys, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(raw) - known)
     if unknown:
-        hint = getattr(cls, "RENAMED", {}).get(unknown[0])
+        hint = renamed.KEYS.get(cls.__name__, {}).get(unknown[0])
         if hint:
             raise StackError(f"{where}: key {unknown[0]!r} is now {hint}")
         raise StackError(f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(sorted(known))})")
@@ -139,16 +144,20 @@ def parse_overrides(overrides: list[str] | None) -> dict:
 
 
 def load_params(path: Path = PARAMS) -> Params:
+    """params.yaml (or the file ``--params`` names), every key checked; the task is checked too (stack.task)."""
+    from stack.task import build_task
+
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise StackError(f"{path}: expected a mapping of sections, got {raw!r}")
-    old = [k for k in OLD_SECTIONS if k in raw]
+    old = [k for k in renamed.SECTIONS if k in raw]
     if old:
-        raise StackError(f"{path}: section {old[0]!r} was renamed: {OLD_SECTIONS[old[0]]}")
-    params = build(Params, raw, str(path))
+        raise StackError(f"{path}: section {old[0]!r} was renamed: {renamed.SECTIONS[old[0]]}")
+    params = dataclasses.replace(build(Params, raw, str(path)), source=str(path))
     for name, source in (params.heads or {}).items():
         if not isinstance(name, str) or not isinstance(source, str):
             raise StackError(f"{path}: heads: expected `name: input member` pairs, got {name!r}: {source!r}")
+    build_task(params.task, str(path))
     return params
 
 

@@ -17,7 +17,6 @@ from stack.errors import StackError
 CACHE = Path("cache")
 MEMBER_CONFIGS = Path("configs/members")
 BACKBONE_CONFIGS = Path("configs/backbones")
-OLD_CONFIGS = {Path("configs/models"): "frozen members and backbones", Path("configs/train"): "fine-tuned members"}
 MODELS = Path("models")
 METRICS = Path("metrics")
 REPORTS = Path("reports")

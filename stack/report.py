@@ -1,7 +1,8 @@
 """``stack report``: reports/report.md with PNG plots, from metrics/cv.json and the blend's OOF predictions.
 
-Plots: per-target RMSE of each model and the blend, predicted vs true (OOF, nested) of the blend, the blend's
-weights, and the nested vs in-sample CV of every method tried.
+Plots: each target's metric for each member and the blend, predicted vs true (OOF, nested) of the blend (one
+panel per target, axes from its scale), the blend's weights, and the nested vs in-sample CV of every method tried.
+The metric and its direction come from cv.json, the task's targets and scales from the saved blend.
 
     stack blend && stack report          # reports/report.md, reports/*.png
 """
@@ -17,7 +18,8 @@ import pandas as pd
 from stack import paths
 from stack.cache import atomic_write
 from stack.errors import StackError
-from stack.schema import TARGETS
+from stack.metrics import get_metric
+from stack.task import Task, from_record
 
 
 def _plt():
@@ -29,97 +31,111 @@ def _plt():
     return plt
 
 
-def plot_per_target(cv: dict, out: Path) -> None:
+def _metric(cv: dict):
+    """The metric cv.json was written in (FB3's MCRMSE when it names none)."""
+    return get_metric(cv.get("metric", {}).get("name", "mcrmse"))
+
+
+def _save(fig, out: Path) -> None:
     plt = _plt()
+    fig.tight_layout()
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def plot_per_target(cv: dict, out: Path, task: Task) -> None:
+    plt, metric = _plt(), _metric(cv)
     rows = {n: s["per_target"] for n, s in cv["single"].items()}
     rows[f"blend ({cv['method']})"] = cv["blend"]["per_target"]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(max(5, 1.5 * task.k + 2), 4))
     width = 0.8 / len(rows)
-    x = np.arange(len(TARGETS))
+    x = np.arange(task.k)
     for i, (name, per) in enumerate(rows.items()):
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [per[t] for t in TARGETS], width, label=name,
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, [per[t] for t in task.targets], width, label=name,
                color="black" if name.startswith("blend") else None)
-    ax.set_xticks(x, TARGETS)
-    ax.set_ylabel("RMSE (lower is better)")
+    ax.set_xticks(x, task.targets)
+    ax.set_ylabel(f"{metric.name.upper()} ({metric.better} is better)")
     lo = min(min(p.values()) for p in rows.values())
     ax.set_ylim(lo * 0.9, None)
-    ax.set_title("Per-target RMSE: stage-one models (OOF) and the blend (nested CV)")
+    ax.set_title(f"Per-target {metric.name.upper()}: stage-one members (OOF) and the blend (nested CV)")
     ax.legend(fontsize=8, ncol=min(len(rows), 4))
-    fig.tight_layout()
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, out)
 
 
-def plot_scatter(oof: pd.DataFrame, out: Path, seed: int = 0) -> None:
+def plot_scatter(oof: pd.DataFrame, out: Path, task: Task, seed: int = 0) -> None:
+    """One panel per target, its axes from the target's scale."""
     plt = _plt()
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(2, 3, figsize=(10, 6.5), sharex=True, sharey=True)
-    for ax, t in zip(axes.flat, TARGETS):
+    cols = min(3, task.k)
+    rows = -(-task.k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.2 * rows + 0.4), squeeze=False)
+    for ax in axes.flat[task.k:]:
+        ax.axis("off")
+    for ax, t, scale in zip(axes.flat, task.targets, task.scales):
         true, pred = oof[f"true_{t}"].to_numpy(), oof[f"pred_{t}"].to_numpy()
-        ax.scatter(true + rng.uniform(-0.12, 0.12, len(true)), pred, s=4, alpha=0.3)
-        ax.plot([1, 5], [1, 5], color="black", lw=1)
+        span = scale.max - scale.min
+        jitter = (scale.step or span / 20) * 0.25
+        ax.scatter(true + rng.uniform(-jitter, jitter, len(true)), pred, s=4, alpha=0.3)
+        ax.plot([scale.min, scale.max], [scale.min, scale.max], color="black", lw=1)
         rmse = float(np.sqrt(np.mean((true - pred) ** 2)))
         ax.set_title(f"{t}  RMSE {rmse:.3f}", fontsize=10)
-        ax.set_xlim(0.7, 5.3)
-        ax.set_ylim(0.7, 5.3)
-    for ax in axes[1]:
+        ax.set_xlim(scale.min - 0.075 * span, scale.max + 0.075 * span)
+        ax.set_ylim(scale.min - 0.075 * span, scale.max + 0.075 * span)
         ax.set_xlabel("true score (jittered)")
-    for ax in axes[:, 0]:
         ax.set_ylabel("blend prediction (OOF)")
     fig.suptitle("Blend: out-of-fold prediction vs true score")
-    fig.tight_layout()
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_weights(weights: dict, out: Path, title: str = "Blend weights per target") -> None:
     plt = _plt()
+    targets = list(weights)
     models = list(next(iter(weights.values())))
-    W = np.array([[weights[t][m] for m in models] for t in TARGETS])
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(models), 3.8))
+    W = np.array([[weights[t][m] for m in models] for t in targets])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(models), 1.4 + 0.4 * len(targets)))
     lim = max(abs(W).max(), 1e-9)
     im = ax.imshow(W, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for (i, j), w in np.ndenumerate(W):
         ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=9, color="white" if abs(w) > 0.6 * lim else "black")
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
-    ax.set_yticks(range(len(TARGETS)), TARGETS)
+    ax.set_yticks(range(len(targets)), targets)
     fig.colorbar(im, ax=ax, label="weight")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_methods(cv: dict, out: Path) -> None:
-    plt = _plt()
-    methods = sorted(cv["methods"], key=lambda m: cv["methods"][m]["nested"]["mcrmse"])
-    nested = [cv["methods"][m]["nested"]["mcrmse"] for m in methods]
-    insample = [cv["methods"][m]["in_sample"]["mcrmse"] for m in methods]
+    plt, metric = _plt(), _metric(cv)
+    m = metric.name
+    methods = metric.order({name: r["nested"][m] for name, r in cv["methods"].items()})
+    nested = [cv["methods"][name]["nested"][m] for name in methods]
+    insample = [cv["methods"][name]["in_sample"][m] for name in methods]
     y = np.arange(len(methods))
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(methods)))
     ax.barh(y - 0.2, nested, 0.4, label="nested (honest)")
     ax.barh(y + 0.2, insample, 0.4, label="in-sample (optimistic)", alpha=0.5)
-    ax.axvline(cv["best_single"]["mcrmse"], color="black", ls="--", lw=1, label=f"best single ({cv['best_single']['model']})")
-    ax.set_yticks(y, [f"{m} [{cv['methods'][m]['features']}]" for m in methods])
+    ax.axvline(cv["best_single"][m], color="black", ls="--", lw=1, label=f"best single ({cv['best_single']['model']})")
+    ax.set_yticks(y, [f"{name} [{cv['methods'][name]['features']}]" for name in methods])
     ax.invert_yaxis()
-    lo = min(nested + insample + [cv["best_single"]["mcrmse"]])
+    lo = min(nested + insample + [cv["best_single"][m]])
     ax.set_xlim(lo * 0.95, None)
-    ax.set_xlabel("MCRMSE (lower is better)")
+    ax.set_xlabel(f"{m.upper()} ({metric.better} is better)")
     ax.set_title("Every method tried")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
+    _save(fig, out)
 
 
 def summary_table(cv: dict) -> str:
     """Markdown table for README: every model's CV, every method's nested CV (in-sample beside it), the chosen blend."""
-    lines = ["| | features | CV MCRMSE (nested) | in-sample |", "|---|---|---|---|"]
-    for name, s in sorted(cv["single"].items(), key=lambda kv: kv[1]["mcrmse"]):
-        lines.append(f"| model `{name}` (stage-one OOF) | | {s['mcrmse']:.4f} | |")
-    for m, r in sorted(cv["methods"].items(), key=lambda kv: kv[1]["nested"]["mcrmse"]):
-        chosen = " **(chosen)**" if m == cv["method"] else ""
-        lines.append(f"| blend `{m}`{chosen} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} |")
+    metric = _metric(cv)
+    m = metric.name
+    lines = [f"| | features | CV {m.upper()} (nested) | in-sample |", "|---|---|---|---|"]
+    for name in metric.order({n: s[m] for n, s in cv["single"].items()}):
+        lines.append(f"| model `{name}` (stage-one OOF) | | {cv['single'][name][m]:.4f} | |")
+    for name in metric.order({n: r["nested"][m] for n, r in cv["methods"].items()}):
+        r = cv["methods"][name]
+        chosen = " **(chosen)**" if name == cv["method"] else ""
+        lines.append(f"| blend `{name}`{chosen} | {r['features']} | {r['nested'][m]:.4f} | {r['in_sample'][m]:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,38 +151,51 @@ def _gain(g) -> str:
     return f" (paired 95% interval {g['low']:+.4f} to {g['high']:+.4f}; {noise})"
 
 
-def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> str:
-    """report.md text from the cv.json dict, {name: image file name} and {method: seconds} (blend.json)."""
+def _grid(cv: dict, metric) -> str:
+    r, m = cv["rounding"], metric.name.upper()
+    if not r["tried"]:
+        return f"- mapping to each target's grid: not tried (nested {m} rounded {r['nested_rounded']:.4f})\n"
+    applied = {False: "none (the continuous predictions)", "round": "plain rounding",
+               "thresholds": "thresholds fitted on out-of-fold predictions"}[r["applied"]]
+    return (f"- mapping to each target's grid, by nested CV: {applied} (nested {m} rounded "
+            f"{r['nested_rounded']:.4f}, thresholds {r['nested_thresholds']:.4f})\n")
+
+
+def markdown(cv: dict, images: dict[str, str], task: Task, seconds: dict | None = None) -> str:
+    """report.md text from the cv.json dict, {name: image file name}, the task and {method: seconds} (blend.json)."""
     seconds = seconds or {}
-    head = "| | MCRMSE | " + " | ".join(TARGETS) + " |\n|---|---|" + "---|" * len(TARGETS) + "\n"
+    metric = _metric(cv)
+    m = metric.name
+    head = (f"| | {m.upper()} | " + " | ".join(task.targets) + " |\n|---|---|" + "---|" * task.k + "\n")
 
     def row(name, s):
-        return f"| {name} | {s['mcrmse']:.4f} | " + " | ".join(f"{s['per_target'][t]:.4f}" for t in TARGETS) + " |\n"
+        return f"| {name} | {s[m]:.4f} | " + " | ".join(f"{s['per_target'][t]:.4f}" for t in task.targets) + " |\n"
 
     b = cv["blend"]
+    rmse = f"; RMSE {b['rmse']:.4f}" if "rmse" in b else ""
     lines = [
         "# Stage-two report\n\n",
         f"Blend **{cv['method']}** on `{cv['features']}` of {', '.join(cv['models'])} ({cv['n_rows']} essays, "
-        f"{cv['n_folds']} folds, the folds of stage one).\n\n",
-        f"- nested CV MCRMSE **{b['mcrmse']:.4f}**{_ci(b.get('ci95'))} (blender fitted without the fold it scores: "
-        "the honest figure)\n",
-        f"- in-sample MCRMSE {b['in_sample']['mcrmse']:.4f} (fitted on all OOF rows; optimistic by {b['optimism']:.4f})\n",
-        f"- best single member {cv['best_single']['model']} {cv['best_single']['mcrmse']:.4f}: the blend gains "
+        f"{cv['n_folds']} folds, the folds of stage one). Metric: {m.upper()}, {metric.better} is better.\n\n",
+        f"- nested CV {m.upper()} **{b[m]:.4f}**{_ci(b.get('ci95'))} (blender fitted without the fold it scores: "
+        f"the honest figure{rmse})\n",
+        f"- in-sample {m.upper()} {b['in_sample'][m]:.4f} (fitted on all OOF rows; optimistic by {b['optimism']:.4f})\n",
+        f"- best single member {cv['best_single']['model']} {cv['best_single'][m]:.4f}: the blend gains "
         f"{cv['gain_over_best_single']:.4f}{_gain(cv.get('gain_over_best_single_ci95'))}\n",
         "- the members, their settings and the method were chosen by nested CV on these same essays: the figures "
         "carry a small selection effect\n",
-        f"- rounding to the 0.5 grid: {'applied' if cv['rounding']['applied'] else 'not applied'} "
-        f"(nested MCRMSE rounded {cv['rounding']['nested_rounded']:.4f}"
-        f"{'' if cv['rounding']['tried'] else ', not tried'})\n\n",
+        _grid(cv, metric), "\n",
         "## Models and blend\n\n", head,
         *[row(n, s) for n, s in cv["single"].items()], row(f"**blend: {cv['method']}** (nested)", b),
-        f"\n![per-target RMSE]({images['per_target']})\n\n",
+        f"\n![per-target {m}]({images['per_target']})\n\n",
         "## Summary (for README)\n\n", summary_table(cv), "\n",
         "## Every method tried\n\n| method | features | nested | in-sample | chosen's gain over it (paired 95%) | seconds |\n"
         "|---|---|---|---|---|---|\n",
-        *[f"| {m} | {r['features']} | {r['nested']['mcrmse']:.4f} | {r['in_sample']['mcrmse']:.4f} | "
-          f"{_gain(r.get('gain_of_chosen')).strip(' ;()') or '-'} | {seconds.get(m, float('nan')):.1f} |\n"
-          for m, r in sorted(cv["methods"].items(), key=lambda kv: kv[1]["nested"]["mcrmse"])],
+        *[f"| {name} | {cv['methods'][name]['features']} | {cv['methods'][name]['nested'][m]:.4f} | "
+          f"{cv['methods'][name]['in_sample'][m]:.4f} | "
+          f"{_gain(cv['methods'][name].get('gain_of_chosen')).strip(' ;()') or '-'} | "
+          f"{seconds.get(name, float('nan')):.1f} |\n"
+          for name in metric.order({n: r["nested"][m] for n, r in cv["methods"].items()})],
         f"\n![methods]({images['methods']})\n\n",
     ]
     if "weights" in images:
@@ -177,7 +206,8 @@ def markdown(cv: dict, images: dict[str, str], seconds: dict | None = None) -> s
 
 
 def write_report(cv_path: Path | None = None, oof_path: Path | None = None, out: Path | None = None) -> Path:
-    """reports/report.md + PNGs next to it, from metrics/cv.json and models/blend/oof.parquet -> path of the .md."""
+    """reports/report.md + PNGs next to it, from metrics/cv.json, models/blend/oof.parquet and blend.json (the
+    task: targets and scales) -> path of the .md."""
     cv_path = Path(cv_path or paths.cv_metrics())
     oof_path = Path(oof_path or paths.blend_dir() / "oof.parquet")
     out = Path(out or paths.report())
@@ -187,9 +217,12 @@ def write_report(cv_path: Path | None = None, oof_path: Path | None = None, out:
     missing = [k for k in ("blend", "single", "methods", "best_single") if k not in cv]
     if missing:
         raise StackError(f"{cv_path}: no {missing[0]!r} (written by an older `stack blend`); rerun `stack blend`")
+    blend_json = paths.blend_dir() / "blend.json"
+    saved = json.loads(blend_json.read_text()) if blend_json.is_file() else {}
+    task = from_record(saved.get("task"), str(blend_json))
     out.parent.mkdir(parents=True, exist_ok=True)
     images = {"per_target": "per_target_rmse.png", "methods": "methods.png"}
-    plot_per_target(cv, out.parent / images["per_target"])
+    plot_per_target(cv, out.parent / images["per_target"], task)
     plot_methods(cv, out.parent / images["methods"])
     if cv.get("weights"):
         images["weights"] = "weights.png"
@@ -197,8 +230,6 @@ def write_report(cv_path: Path | None = None, oof_path: Path | None = None, out:
         plot_weights(cv["weights"], out.parent / images["weights"], title)
     if oof_path.is_file():
         images["scatter"] = "oof_scatter.png"
-        plot_scatter(pd.read_parquet(oof_path), out.parent / images["scatter"])
-    blend_json = paths.blend_dir() / "blend.json"
-    seconds = json.loads(blend_json.read_text()).get("seconds", {}) if blend_json.is_file() else {}
-    atomic_write(out, lambda p: p.write_text(markdown(cv, images, seconds), encoding="utf-8"))
+        plot_scatter(pd.read_parquet(oof_path), out.parent / images["scatter"], task)
+    atomic_write(out, lambda p: p.write_text(markdown(cv, images, task, saved.get("seconds", {})), encoding="utf-8"))
     return out

@@ -154,6 +154,32 @@ def _onednn_probe(dtype) -> bool:
     return True
 
 
+def for_scoring(member: dict) -> dict:
+    """A saved member's config (``config_json["member"]``) as this machine scores with it: its own device
+    (``auto``: the machine that fitted it need not be this one), and fp16, which needs CUDA, as ``auto`` where
+    there is none. Which precision then embeds new essays: ``scoring_precision``."""
+    if "device" not in member:
+        return member
+    member = {**member, "device": "auto"}
+    if member.get("precision") == "fp16" and device("auto").type != "cuda":
+        member["precision"] = "auto"
+    return member
+
+
+def scoring_precision(fitted: str | None, requested: str, where: str) -> str | None:
+    """The precision to embed new essays in with a frozen member whose heads were fitted on ``fitted``
+    embeddings: that one where this machine computes it natively (or it is fp32), else None (``requested``'s
+    ``auto``: fp32 here), with a warning, since embeddings then differ slightly from the fitted ones."""
+    if fitted in (None, "fp32"):
+        return fitted
+    dev = device(requested, where)
+    if precision("auto", dev, where) == fitted:
+        return fitted
+    warnings.warn(f"{where}: fitted on {fitted} embeddings, which this machine does not compute natively; "
+                  "embedding in fp32 (scores may differ slightly)", stacklevel=2)
+    return None
+
+
 def torch_dtype(prec: str):
     import torch
 

@@ -1,35 +1,39 @@
 """Score essays with a trained stack: the saved blend and the members it uses, from the project's ``models/``
-or from a bundle written by ``stack export`` (no repository, no params.yaml needed).
+or from a bundle written by ``stack export`` (no repository, no params.yaml needed). One loader for both: the
+blend first (its task says which columns and scales the scores have), then every member it reads and, before
+each head, the member the head reads, each member.json read once.
 
     from stack import Scorer
     scorer = Scorer.load("bundle/")                     # or Scorer.from_project() inside the repository
-    scorer.score(["essay one ...", "essay two ..."])     # -> DataFrame: text_id + six traits, input order
-    scorer.score(df)                                     # text_id + full_text; extra columns ignored
+    scorer.score(["essay one ...", "essay two ..."])     # -> DataFrame: the task's id + one column per target
+    scorer.score(df)                                     # the task's id and text columns; extra columns ignored
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from stack import cache, paths
 from stack.errors import StackError
-from stack.schema import ID, TARGETS, TEXT
 
 
 class Scorer:
-    """A fitted blend and its members' scorers (stack.members.run.MemberScorer), ready for new essays."""
+    """A fitted blend and its members' scorers (stack.members.run.MemberScorer), ready for new essays; ``task``:
+    the saved blend's (never params.yaml's)."""
 
     def __init__(self, blend, members: dict, source: str):
         self.blend, self.members, self.source = blend, members, source
+        self.task = blend.task
 
     @classmethod
     def from_project(cls, models: list[str] | None = None, root: Path = Path(".")) -> Scorer:
         """The saved blend under ``models/blend/`` and its members under ``models/<name>/``."""
-        from stack.blend.persist import check_blend, load_blend
-        from stack.members.run import load_scorer
+        from stack.blend.persist import load_blend
 
+        root = Path(root)
         fitted = load_blend(root / paths.blend_dir())
         need = list(fitted.layout.models)
         models = list(models or need)
@@ -41,60 +45,66 @@ class Scorer:
         if missing:
             raise StackError(f"the saved blend needs member {missing[0]!r} too (it was fitted on {', '.join(need)}); "
                              f"pass --models {','.join(need)}")
-        def folder(name):
+
+        def folder(name: str) -> Path:
             found = root / paths.member_dir(name)
             if not found.is_dir():
                 raise StackError(f"member {name!r} has no saved model under {found}; run `stack fit {name}` "
                                  "(or `dvc repro`)")
             return found
 
-        members = load_members(need, folder, load_scorer)
-        check_blend(fitted, {"models": {m: members[m].fingerprint for m in need}})
-        return cls(fitted, members, str(root / paths.MODELS))
+        return _load(fitted, folder, strict=False, where=str(root / paths.blend_dir() / "blender.json"),
+                     source=str(root / paths.MODELS))
 
     @classmethod
     def load(cls, folder) -> Scorer:
-        """A bundle written by ``stack export``: its manifest is checked first (versions, file hashes)."""
-        from stack.bundle import load_bundle
+        """A bundle written by ``stack export``: its manifest is checked first (format, every file's hash)."""
+        from stack.blend.persist import load_blend
+        from stack.bundle import MANIFEST, verify
 
-        return load_bundle(Path(folder))
+        folder = Path(folder)
+        verify(folder)  # every file hashed before anything is read
+
+        def member_folder(name: str) -> Path:
+            found = folder / "members" / paths.check_name(name)
+            if not found.is_dir():
+                raise StackError(f"{found}: missing; the blend needs member {name!r}; re-export the bundle")
+            return found
+
+        return _load(load_blend(folder / "blend"), member_folder, strict=True, where=str(folder / MANIFEST),
+                     source=str(folder))
 
     def score(self, essays) -> pd.DataFrame:
-        """Scores ``DataFrame[text_id, *TARGETS]`` of ``essays`` (a list of texts, or a DataFrame with text_id and
-        full_text), in input order, clipped to [1, 5]."""
+        """Scores ``DataFrame[<id>, *targets]`` of ``essays`` (a list of texts, or a DataFrame with the task's id
+        and text columns), in input order, each clipped to its target's range (on its grid where the blend maps
+        to it)."""
         from stack.blend.persist import predict_blend
         from stack.data import essays_frame
 
+        task = self.task
         if len(essays) == 0:  # nothing to score: an empty result with the columns a caller expects
-            return pd.DataFrame({ID: pd.Series(dtype=str), **{t: pd.Series(dtype=float) for t in TARGETS}})
+            return pd.DataFrame({task.id: pd.Series(dtype=str), **{t: pd.Series(dtype=float) for t in task.targets}})
         if isinstance(essays, pd.DataFrame):
-            frame = essays_frame(essays, "essays")
+            frame = essays_frame(essays, "essays", task)
         else:
             texts = [essays] if isinstance(essays, str) else list(essays)
-            frame = essays_frame(pd.DataFrame({ID: [str(i) for i in range(len(texts))], TEXT: texts}), "essays")
+            frame = essays_frame(pd.DataFrame({task.id: [str(i) for i in range(len(texts))], task.text: texts}),
+                                 "essays", task)
         frames = {}
         for name, member in self.members.items():  # inputs come before the heads that read them
             upstream = {i: frames[i][cache.emb_columns(frames[i])].to_numpy() for i in member.inputs}
-            frames[name] = member.frame(frame, upstream)
+            frames[name] = member.frame(frame, task, upstream)
         return predict_blend(self.blend, {m: frames[m] for m in self.blend.layout.models})
 
 
-def load_members(names: list[str], folder_of, load) -> dict:
-    """{name: MemberScorer} of ``names`` and, first, every member they read (a head's input), each loaded once with
-    ``load(folder_of(name))``; a head whose input changed since it was fitted is refused, naming both."""
-    members: dict = {}
+def _load(fitted, folder_of: Callable[[str], Path], strict: bool, where: str, source: str) -> Scorer:
+    """The Scorer of ``fitted`` (a saved blend) and its members, found by ``folder_of(name)``: each member.json
+    read once (stack.cache.with_inputs walks the heads' inputs and refuses one fitted on a changed input), every
+    member checked against what the blend was fitted on."""
+    from stack.blend.persist import check_blend
+    from stack.members.run import load_scorer, read_member_json
 
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if name in members:
-            return
-        if name in chain:
-            raise StackError(f"members {' -> '.join((*chain, name))} read each other in a circle")
-        scorer = load(folder_of(name))
-        for inp in scorer.inputs:
-            visit(inp, (*chain, name))
-            cache.check_input(name, scorer.meta, members[inp].fingerprint)
-        members[name] = scorer
-
-    for name in names:
-        visit(name, ())
-    return members
+    metas = cache.with_inputs(list(fitted.layout.models), lambda name: read_member_json(folder_of(name)))
+    check_blend(fitted, {"models": {m: metas[m]["config"] for m in fitted.layout.models}}, where)
+    members = {name: load_scorer(folder_of(name), strict, meta) for name, meta in metas.items()}
+    return Scorer(fitted, members, source)

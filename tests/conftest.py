@@ -14,8 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from stack.task import Task
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "fb3"
+FB3 = Task()  # the default task: tests of FB3's columns and six traits name them through it
+ID, TEXT, TARGETS, PRED_COLS = FB3.id, FB3.text, FB3.targets, FB3.pred_cols
+SCORE_STEP = FB3.scales[0].step
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

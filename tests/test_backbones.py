@@ -16,7 +16,7 @@ from stack.config import load_params
 from stack.errors import StackError
 from stack.members import KINDS, get_kind, load_member
 
-from conftest import ROOT, edit_yaml
+from conftest import FB3, ROOT, edit_yaml
 
 MEMBERS = sorted(p.stem for p in (ROOT / "configs" / "members").glob("*.yaml"))
 BACKBONES = sorted(p.stem for p in (ROOT / "configs" / "backbones").glob("*.yaml"))
@@ -74,9 +74,9 @@ def test_members_run_offline_on_a_tiny_encoder(name, project, tiny_deberta_dir):
     if kind == "lgbm":  # 20 training essays per fold
         over = ["svd=8", "min_df=1"]
     result = fit_member(name, params, over)
-    train, meta = cache.read_member(name, "train")
-    test, _ = cache.read_member(name, "test")
-    assert len(train) == 40 and len(test) == 3 and meta["kind"] == kind and 0 < result["mcrmse"] < 5
+    train, meta = cache.read_member(name, "train", FB3)
+    test, _ = cache.read_member(name, "test", FB3)
+    assert len(train) == 40 and len(test) == 3 and meta["kind"] == kind and 0 < result["cv"]["mcrmse"] < 5
     assert bool(cache.emb_columns(train)) == get_kind(kind).emb_in_cache
     assert (paths.member_dir(name) / "member.json").is_file() and paths.member_metrics(name).is_file()
     if kind == "frozen":

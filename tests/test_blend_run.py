@@ -16,8 +16,9 @@ from stack.blend.persist import load_blend, predict_blend
 from stack.blend.run import run_blend
 from stack.config import load_params
 from stack.errors import StackError
-from stack.schema import ID, SCORE_STEP, TARGETS
 from stack.stages import load_context, run_folds
+
+from conftest import FB3, ID, SCORE_STEP, TARGETS
 
 
 def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, uniform: bool = False, folds_fp=None,
@@ -33,19 +34,19 @@ def write_fake_models(noise: dict[str, float], emb_dim: int = 8, seed: int = 0, 
     def frame(ids, truth, sd):
         err = rng.uniform(-sd, sd, truth.shape) if uniform else rng.normal(0, sd, truth.shape)
         emb = np.hstack([truth, rng.normal(size=(len(truth), emb_dim - truth.shape[1]))]) + rng.normal(0, sd, (len(truth), emb_dim))
-        return cache.frame(ids, truth + err, emb)
+        return cache.frame(ids, truth + err, emb, ctx.task)
 
     for name, sd in noise.items():
-        test_truth = rng.uniform(1, 5, (len(ctx.test), 6))
+        test_truth = rng.uniform(1, 5, (len(ctx.test), ctx.task.k))
         meta = cache.member_meta(name, "frozen", config or f"cfg-{name}", {"member": {}, "backbone": None}, ctx, {})
         meta["folds"] = folds_fp or ctx.folds_fp
-        cache.write_member(name, frame(ctx.train[ID], ctx.y, sd), frame(ctx.test[ID], test_truth, sd), meta)
+        cache.write_member(name, frame(ctx.ids, ctx.y, sd), frame(ctx.test[ctx.task.id], test_truth, sd), meta, ctx.task)
     return params
 
 
 def cache_fingerprints(members) -> dict:
     """What the current caches of ``members`` were made with, as ``load_blend``'s ``expect``."""
-    return {"models": {m: cache.read_member(m, "test")[1]["config"] for m in members}}
+    return {"models": {m: cache.read_member(m, "test", FB3)[1]["config"] for m in members}}
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_metrics_are_deterministic(two_models):
 def test_saved_blend_round_trip_reproduces_the_submission(two_models):
     run_blend(two_models, ["a", "b"], "stack", "both", compare=[])
     fitted = load_blend(expect=cache_fingerprints(["a", "b"]))
-    frames = {m: cache.read_member(m, "test")[0] for m in ("a", "b")}
+    frames = {m: cache.read_member(m, "test", FB3)[0] for m in ("a", "b")}
     frames["b"] = frames["b"].iloc[::-1]  # joined on text_id, not row order
     got = predict_blend(fitted, frames).set_index(ID)
     sub = pd.read_csv(paths.SUBMISSION).set_index(ID)
@@ -114,7 +115,7 @@ def test_loading_refuses_other_caches_and_names_the_model(two_models):
         load_blend(expect={"models": {"c": "cfg-c"}})
     fitted = load_blend()
     with pytest.raises(StackError, match="no features for model 'b'"):
-        predict_blend(fitted, {"a": cache.read_member("a", "test")[0]})
+        predict_blend(fitted, {"a": cache.read_member("a", "test", FB3)[0]})
 
 
 def test_a_rebuilt_cache_makes_the_saved_blend_refuse(two_models):
@@ -192,8 +193,8 @@ def test_a_fine_tuned_members_oof_embeddings_never_feed_a_blender(project):
     would see the labels of the rows it scores (the same leak a head over them refuses, tests/test_heads.py)."""
     run_folds(load_params())
     params = write_fake_models({"a": 0.3, "ft": 0.3})
-    (train, meta), (test, _) = cache.read_member("ft", "train"), cache.read_member("ft", "test")
-    cache.write_member("ft", train, test, {**meta, "kind": "finetune"})
+    (train, meta), (test, _) = cache.read_member("ft", "train", FB3), cache.read_member("ft", "test", FB3)
+    cache.write_member("ft", train, test, {**meta, "kind": "finetune"}, FB3)
     r = run_blend(params, ["a", "ft"], "ridge", "emb", compare=["stack"])
     assert r["methods"]["ridge"]["features"] == "emb"
     layout = load_blend().layout

@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 
 from stack.cli import app
 from stack.errors import StackError
-from stack.schema import TARGETS
 
-from conftest import DATA, edit_yaml, make_project, ok
+from conftest import DATA, TARGETS, edit_yaml, make_project, ok
 
 runner = CliRunner()
 NEW = pd.DataFrame({"text_id": ["b", "a"], "full_text": ["I like school. It is fun.\n\nMy teacher are nice.",
@@ -137,7 +136,37 @@ def test_a_bundle_of_an_older_format_is_refused(copy):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format"] = "stack-bundle/0"
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    refused(copy, r"bundle format 'stack-bundle/0', this stack reads 'stack-bundle/1'; re-export")
+    refused(copy, r"bundle format 'stack-bundle/0', this stack reads 'stack-bundle/1' and 'stack-bundle/2'; re-export")
+
+
+def _as_made_before_tasks(folder: Path) -> None:
+    """Rewrite a bundle as `stack export` wrote it before tasks: format 1, no task in the manifest, the blend saved
+    in its format 2 (``round_to_grid``, a layout without prediction columns, no task), every hash updated."""
+    from stack.cache import sha256
+
+    blend = folder / "blend" / "blender.json"
+    doc = json.loads(blend.read_text())
+    saved = doc["tree"]["state"]
+    grid = saved.pop("grid")
+    saved.pop("thresholds"), saved.pop("task_record")
+    saved["round_to_grid"], saved["format"] = grid == "round", 2
+    saved["layout"]["state"].pop("pred_cols")
+    blend.write_text(json.dumps(doc))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format"] = "stack-bundle/1"
+    manifest.pop("task")
+    manifest["files"]["blend/blender.json"] = {"sha256": sha256(blend), "bytes": blend.stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_bundle_made_before_tasks_still_loads_and_scores_as_fb3(copy, fitted):
+    from stack.scorer import Scorer
+
+    new = Scorer.load(fitted / "bundle").score(NEW)
+    _as_made_before_tasks(copy)
+    old = Scorer.load(copy)
+    assert old.task.is_fb3() and old.blend.grid == "none"
+    pd.testing.assert_frame_equal(old.score(NEW), new)
 
 
 def test_loading_and_scoring_a_bundle_never_unpickles(copy, monkeypatch):

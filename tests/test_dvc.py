@@ -17,9 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stack.schema import TARGETS
-
-from conftest import ROOT, edit_yaml, make_project
+from conftest import ROOT, TARGETS, edit_yaml, make_project
 
 
 def sh(*args, cwd):

@@ -16,10 +16,9 @@ from stack.backbones.embedder import embed_chunks, embed_texts, prepare
 from stack.config import load_params
 from stack.errors import StackError
 from stack.members.frozen import FrozenConfig
-from stack.schema import TARGETS
 from stack.stages import run_folds
 
-from conftest import DATA, edit_yaml
+from conftest import DATA, FB3, TARGETS, edit_yaml
 
 CPU = torch.device("cpu")
 WHERE = "configs/members/t.yaml"
@@ -204,7 +203,7 @@ def test_interrupted_fit_resumes_from_the_last_stored_shard_byte_identical(proje
     assert len(calls) == 3  # 43 essays in shards of 10: shards 0 and 1 reused, the other 23 essays in 3 shards
     assert (result["embedded"], result["reused"]) == (23, 20)
     assert {s: paths.cache_file("minilm", s).read_bytes() for s in ("train", "test")} == clean
-    _, meta = cache.read_member("minilm", "train")
+    _, meta = cache.read_member("minilm", "train", FB3)
     assert meta["head"]["alphas_grid"] and set(meta["head"]["chosen"]) == set(TARGETS)
 
 
@@ -239,7 +238,7 @@ def test_a_new_test_set_embeds_only_its_new_essays(project, tiny_bert_dir, monke
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
     assert "embedded 43 new essays, reused 0" in result.output
-    old_test, _ = cache.read_member("minilm", "test")
+    old_test, _ = cache.read_member("minilm", "test", FB3)
 
     new = pd.read_csv(DATA / "train.csv").iloc[100:102][["text_id", "full_text"]]  # essays the project never saw
     test = pd.concat([pd.read_csv("data/fb3/test.csv"), new], ignore_index=True)
@@ -257,7 +256,7 @@ def test_a_new_test_set_embeds_only_its_new_essays(project, tiny_bert_dir, monke
     spec = load_member("minilm")
     store = EmbeddingStore(paths.embedding_store("minilm"), embedding_key(spec, weights_stamp(spec.backbone)))
     assert len(store) == 45 and store.missing([text_hash(t) for t in texts]) == []
-    got, _ = cache.read_member("minilm", "test")
+    got, _ = cache.read_member("minilm", "test", FB3)
     assert got["text_id"].tolist() == test["text_id"].tolist()
     emb = cache.emb_columns(got)
     pd.testing.assert_frame_equal(got[emb].iloc[:3], old_test[emb], check_exact=True)  # reused as stored

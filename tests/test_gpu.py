@@ -24,7 +24,6 @@ from stack import cache, paths, runtime
 from stack.backbones.config import load_backbone_config
 from stack.config import build, load_params
 from stack.members import fit_member, load_scorer
-from stack.schema import PRED_COLS, TARGETS
 from stack.stages import run_folds
 from stack.train import dist
 from stack.train.batching import collate, encode
@@ -33,7 +32,7 @@ from stack.train.loop import _steps, enable_checkpointing, loss_fn, predict, tra
 from stack.train.model import build_model, encoder_layers
 from stack.train.regularizers import AWP, FGM
 
-from conftest import DATA, make_project
+from conftest import DATA, FB3, PRED_COLS, TARGETS, make_project
 
 ON_CPU = os.environ.get("STACK_GPU_TESTS_ON_CPU") == "1"
 DEVICE = "cpu" if ON_CPU else "cuda"
@@ -224,7 +223,7 @@ def test_gradient_checkpointing_recomputes_each_layer_and_gives_the_same_loss_an
 # --- members fitted and scored on CUDA ------------------------------------------------------------------------------
 
 def embeddings(name: str) -> np.ndarray:
-    frame, _ = cache.read_member(name, "train")
+    frame, _ = cache.read_member(name, "train", FB3)
     return frame[[c for c in frame.columns if c.startswith("emb_")]].to_numpy()
 
 
@@ -258,13 +257,13 @@ def test_fit_finetune_member_on_cuda_then_score_there(precision, tmp_path, tiny_
     run_folds(params)
     result = fit_member("base", params, [*FAST_FT, "max_len=256", f"device={DEVICE}", f"precision={precision}",
                                          "grad_checkpointing=true"])
-    assert not result["pending"] and np.isfinite(result["mcrmse"])
+    assert not result["pending"] and np.isfinite(result["cv"]["mcrmse"])
     assert {f["precision"] for f in result["folds"].values()} == {precision}
     for k in (0, 1):
         with safe_open(str(root / "models" / "base" / f"fold{k}" / "model.safetensors"), "pt") as f:
             dtypes = {str(f.get_slice(key).get_dtype()) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
             assert dtypes == {"F32"}, dtypes
-    test, _ = cache.read_member("base", "test")
+    test, _ = cache.read_member("base", "test", FB3)
     texts = pd.read_csv(root / "data" / "fb3" / "test.csv")["full_text"].tolist()
     preds, feats = load_scorer(root / "models" / "base").score(texts)
     np.testing.assert_allclose(preds, test[list(PRED_COLS)].to_numpy(), atol=2e-2)

@@ -8,9 +8,8 @@ import pytest
 from stack.errors import StackError
 from stack.members import grammar
 from stack.members.grammar import FAMILIES, GRAMMAR_FEATURES, GrammarConfig, grammar_features, tag_family, windows
-from stack.schema import TARGETS
 
-from conftest import ok
+from conftest import FB3, TARGETS, ok
 
 WRONG = "he go to school yesterday and they was happy ."
 RIGHT = "He went to school yesterday and they were happy."
@@ -79,7 +78,7 @@ def test_fit_and_predict_with_the_grammar_member(project):
         df.to_csv(path, index=False)
     ok("folds")
     ok("fit", "grammar", "--set", "batch_size=4")
-    train, meta = cache.read_member("grammar", "train")
+    train, meta = cache.read_member("grammar", "train", FB3)
     assert meta["kind"] == "grammar" and meta["feature_names"] == list(GRAMMAR_FEATURES)
     assert len(cache.emb_columns(train)) == len(GRAMMAR_FEATURES) and len(train) == 40
     ok("fit", "minilm")

@@ -10,7 +10,7 @@ import pytest
 from stack.heads.kernel_ridge import KernelRidge, loo_dual, sq_dists
 from stack.heads.ridge import Ridge
 
-from conftest import edit_yaml, ok, refused
+from conftest import FB3, edit_yaml, ok, refused
 
 
 def signal(n=400, d=12, seed=0):
@@ -123,8 +123,8 @@ def test_a_head_reads_only_the_cache_of_its_input_and_never_loads_a_backbone(fit
     monkeypatch.setattr(loading, "load_backbone", no_backbone)
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_backbone)
     ok("fit", "minilm-krr", *sets)
-    train, meta = cache.read_member("minilm-krr", "train")
-    _, source = cache.read_member("minilm", "train")
+    train, meta = cache.read_member("minilm-krr", "train", FB3)
+    _, source = cache.read_member("minilm", "train", FB3)
     assert meta["kind"] == "head" and meta["input"] == "minilm" and meta["input_config"] == source["config"]
     assert not cache.emb_columns(train) and np.isfinite(train.filter(like="pred_").to_numpy()).all()
     assert [b["layer"] for b in meta["input_meta"]["blocks"]] == [0, 1, 2]  # the tiny encoder's 3 hidden states
@@ -170,7 +170,7 @@ def test_statistics_and_pca_keys_are_checked_before_anything_is_fitted(fitted_in
 def test_predict_and_a_bundle_score_a_head_through_its_input(fitted_input, tmp_path):
     import pandas as pd
 
-    from stack.schema import TARGETS
+    from conftest import TARGETS
 
     ok("fit", "minilm-krr")
     ok("blend", "--models", "minilm-krr")  # the blend weighs only the head; its input still has to travel
@@ -218,7 +218,7 @@ def test_average_counts_every_copy_of_a_duplicated_row():
 def test_every_head_model_fits_through_the_member_and_scores_like_the_cache(fitted_input, sets):
     import pandas as pd
 
-    from stack.schema import TARGETS
+    from conftest import TARGETS
 
     ok("fit", "minilm-krr", *[a for s in sets for a in ("--set", s)])
     ok("blend", "--models", "minilm-krr")

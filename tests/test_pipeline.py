@@ -10,9 +10,8 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from stack.cli import app
-from stack.schema import PRED_COLS, TARGETS
 
-from conftest import edit_yaml
+from conftest import PRED_COLS, TARGETS, edit_yaml
 
 runner = CliRunner()
 
@@ -72,6 +71,23 @@ def test_folds_fit_blend_write_every_file_with_its_schema(project):
     cv = read_json("metrics/cv.json")
     assert set(cv["blend"]["per_target"]) == set(TARGETS)
     assert np.isclose(cv["blend"]["mcrmse"], np.mean(list(cv["blend"]["per_target"].values())))
+
+
+def test_fb3_files_keep_the_layout_they_had_before_tasks(project):
+    """FB3 is recorded by the absence of a task, so its caches and metrics are byte for byte what they were before
+    tasks existed: no `task` key in any meta, no `metric` key in cv.json, the same keys everywhere."""
+    run_pipeline()
+    folds_meta = json.loads(pq.read_schema("cache/folds.parquet").metadata[b"stack"])
+    assert set(folds_meta) == {"data", "folds"}
+    member = read_json("cache/minilm/config.json")
+    assert set(member) == {"data", "folds", "config", "version", "member", "kind", "config_json", "cv", "head",
+                           "precision", "blocks", "n_states", "weights"}
+    assert set(member["cv"]) == {"mcrmse", "per_target"}
+    cv = read_json("metrics/cv.json")
+    assert set(cv) == {"method", "features", "models", "blend", "single", "best_single", "gain_over_best_single",
+                       "methods", "rounding", "weights", "n_rows", "gain_over_best_single_ci95", "n_folds"}
+    assert set(cv["blend"]) == {"mcrmse", "per_target", "in_sample", "optimism", "ci95"}
+    assert cv["rounding"] == {"tried": False, "nested_rounded": cv["rounding"]["nested_rounded"], "applied": False}
 
 
 def test_pipeline_is_deterministic(project):

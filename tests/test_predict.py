@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from stack.members import KINDS
-from stack.schema import TARGETS
 
-from conftest import edit_yaml, make_project, ok, refused, working_copy
+from conftest import TARGETS, edit_yaml, make_project, ok, refused, working_copy
 
 FIT = {"tfidf": ["--set", "max_features=2000", "--set", "min_df=1"], "grammar": ["--set", "batch_size=4"],
        "lgbm": ["--set", "svd=8", "--set", "min_df=1"], "mpnet-krr": ["--set", "layers=[1,2]"], "minilm-krr": ["--set", "layers=[1,2]"]}

@@ -31,7 +31,8 @@ from stack.heads.ridge import Ridge
 from stack.heads.svr import KernelSVR
 from stack.members.lgbm import TextBoosting
 from stack.members.tfidf import TfidfConfig, TfidfRidge, vectorizer_params
-from stack.schema import ID, PRED_COLS, TARGETS
+
+from conftest import FB3, ID, PRED_COLS, TARGETS
 
 RNG = np.random.default_rng(0)
 X, X_NEW = RNG.normal(3, 0.6, (80, 18)), RNG.normal(3, 0.6, (25, 18))  # three members' six predictions each
@@ -69,6 +70,7 @@ def test_every_savable_class_is_round_tripped_here():
     import stack.members  # noqa: F401 (registers every member kind's savable heads)
 
     covered = {type(est).__name__ for _, est, _, _ in ESTIMATORS} | {"Layout", "FittedBlend"}  # the last two: below
+    covered |= {"Thresholds"}  # tests/test_grid.py
     covered |= {"TfidfFeatures"}  # round-tripped inside TfidfRidge and TextBoosting
     assert covered == set(state.CLASSES)
 
@@ -114,11 +116,11 @@ def test_strings_pack_into_arrays_and_back():
 
 
 def _blend():
-    layout = Layout(("a", "b"), "preds", (0, 0), ("a", "b"))
+    layout = Layout(("a", "b"), "preds", (0, 0), ("a", "b"), PRED_COLS)
     est = Ridge(alphas=(1.0, 10.0)).fit(X[:, :12], Y)
-    return FittedBlend(method="ridge", layout=layout, estimator=est, round_to_grid=True,
+    return FittedBlend(method="ridge", layout=layout, estimator=est, grid="round",
                        fingerprints={"data": "d" * 16, "folds": "f" * 16, "models": {"a": "cfg-a", "b": "cfg-b"}},
-                       cv={"nested": 0.5, "in_sample": 0.4}, version="test")
+                       cv={"nested": 0.5, "in_sample": 0.4}, version="test", task_record=FB3.record())
 
 
 def _frames(P):
@@ -131,7 +133,7 @@ def test_fitted_blend_round_trips_through_save_blend_and_load_blend(tmp_path):
     fitted = _blend()
     assert sorted(p.name for p in save_blend(fitted, tmp_path)) == ["blender.json", "blender.safetensors"]
     loaded = load_blend(tmp_path)
-    for key in ("method", "layout", "round_to_grid", "fingerprints", "cv", "version", "format"):
+    for key in ("method", "layout", "grid", "fingerprints", "cv", "version", "task_record", "format"):
         assert getattr(loaded, key) == getattr(fitted, key), key
     frames = _frames(X_NEW[:, :12])
     got, want = predict_blend(loaded, frames), predict_blend(fitted, frames)

@@ -9,7 +9,8 @@ from stack.config import load_params
 from stack.errors import StackError
 from stack.members.features import FEATURES, load_wordlist, text_stats
 from stack.members.registry import build_spec
-from stack.schema import TARGETS
+
+from conftest import FB3, TARGETS
 
 
 def tfidf(**keys):
@@ -102,10 +103,10 @@ def test_stack_fit_writes_the_cache_schema_of_its_kind(project, member):
     params = load_params()
     run_folds(params)
     result = fit_member(member, params, ["min_df=1", "max_features=2000"] if member == "tfidf" else None)
-    train, meta = cache.read_member(member, "train")
-    test, _ = cache.read_member(member, "test")
+    train, meta = cache.read_member(member, "train", FB3)
+    test, _ = cache.read_member(member, "test", FB3)
     assert meta["kind"] == member and meta["member"] == member and len(train) == 40 and len(test) == 3
-    assert meta["cv"]["mcrmse"] == pytest.approx(result["mcrmse"]) and set(meta["head"]["chosen"]) == set(TARGETS)
+    assert meta["cv"]["mcrmse"] == pytest.approx(result["cv"]["mcrmse"]) and set(meta["head"]["chosen"]) == set(TARGETS)
     assert sorted(p.name for p in paths.member_dir(member).iterdir()) == ["heads.json", "heads.safetensors", "member.json"]
     if member == "tfidf":  # predictions only
         assert cache.emb_columns(train) == []

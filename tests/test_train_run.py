@@ -17,9 +17,10 @@ from stack.config import load_params
 from stack.errors import StackError
 from stack.members import fit_member
 from stack.members.registry import load_member
-from stack.schema import ID, PRED_COLS, TEXT
 from stack.stages import load_context, run_folds
 from stack.train import store
+
+from conftest import FB3, ID, PRED_COLS, TEXT
 
 MEMBER = "minilm-ft"
 FAST = ["epochs=1", "max_len=48", "batch_size=8", "eval_batch_size=16", "precision=fp32", "threads=1", "lr=0.001"]
@@ -52,22 +53,22 @@ def test_fit_writes_fold_artifacts_and_the_cache_stage_two_reads(trained):
 
     params, result = trained
     assert result["kind"] == "finetune" and sorted(result["folds"]) == [0, 1]
-    assert not result["pending"] and np.isfinite(result["mcrmse"])
+    assert not result["pending"] and np.isfinite(result["cv"]["mcrmse"])
     assert not any(f["skipped"] for f in result["folds"].values())
     ctx = load_context(params)
     train_frames, test_frames, _ = load_frames(ctx, [MEMBER])
-    layout = make_layout(train_frames, [MEMBER], "both")
+    layout = make_layout(train_frames, [MEMBER], "both", ctx.task)
     X, X_test = matrix(train_frames, layout), matrix(test_frames, layout)
     assert X.shape == (40, 32 + 6) and X_test.shape == (len(ctx.test), 32 + 6)
     assert np.isfinite(X).all() and np.isfinite(X_test).all()
-    train, meta = cache.read_member(MEMBER, "train")
+    train, meta = cache.read_member(MEMBER, "train", FB3)
     assert meta["kind"] == "finetune" and meta["member"] == MEMBER and meta["trained_folds"] == [0, 1]
     assert meta["data"] == ctx.data_fp and meta["folds"] == ctx.folds_fp
     assert set(meta) >= {"config", "version", "config_json", "cv"}
-    assert meta["cv"]["mcrmse"] == pytest.approx(result["mcrmse"])
+    assert meta["cv"]["mcrmse"] == pytest.approx(result["cv"]["mcrmse"])
     assert meta["config_json"]["member"]["epochs"] == 1 and meta["config_json"]["backbone"]["name"] == "minilm"
     assert json.loads((paths.member_dir(MEMBER) / "member.json").read_text())["config"] == meta["config"]
-    assert json.loads(paths.member_metrics(MEMBER).read_text())["mcrmse"] == pytest.approx(result["mcrmse"])
+    assert json.loads(paths.member_metrics(MEMBER).read_text())["mcrmse"] == pytest.approx(result["cv"]["mcrmse"])
     # each OOF row comes from the fold model that never saw it: equal to that fold's saved validation output
     for k in (0, 1):
         out = store.load_outputs(paths.member_dir(MEMBER), k, _hash(ctx, k))
@@ -79,7 +80,7 @@ def test_fit_writes_fold_artifacts_and_the_cache_stage_two_reads(trained):
         saved = json.loads((folder / "config.json").read_text())
         assert saved["member"]["max_len"] == 48 and saved["backbone"]["name"] == "minilm" and saved["fold"] == k
         assert saved["precision"] == "fp32" and len(saved["history"]) == 1
-    test, _ = cache.read_member(MEMBER, "test")
+    test, _ = cache.read_member(MEMBER, "test", FB3)
     outs = [store.load_outputs(paths.member_dir(MEMBER), k, _hash(ctx, k)) for k in (0, 1)]
     np.testing.assert_allclose(test[list(PRED_COLS)].to_numpy(), np.mean([o["test_pred"] for o in outs], 0), rtol=1e-5)
     live = json.loads((paths.live_dir(MEMBER) / "metrics.json").read_text())
@@ -126,7 +127,7 @@ def test_load_scorer_reproduces_the_members_test_predictions(encoder, request, t
     params = load_params()
     run_folds(params)
     fit_member(MEMBER, params, FAST)
-    test, _ = cache.read_member(MEMBER, "test")
+    test, _ = cache.read_member(MEMBER, "test", FB3)
     scorer = load_scorer(Path("models") / MEMBER)
     assert scorer.name == MEMBER and scorer.meta["kind"] == "finetune"
     ctx = load_context(params)
@@ -135,7 +136,7 @@ def test_load_scorer_reproduces_the_members_test_predictions(encoder, request, t
     by_id = test.set_index(ID).loc[ctx.test[ID]]
     np.testing.assert_allclose(preds, by_id[list(PRED_COLS)].to_numpy(), atol=1e-5)
     np.testing.assert_allclose(feats, by_id[[c for c in test.columns if c.startswith("emb_")]].to_numpy(), atol=1e-5)
-    frame = scorer.frame(ctx.test.iloc[::-1])  # joined on text_id, whatever the order
+    frame = scorer.frame(ctx.test.iloc[::-1], FB3)  # joined on text_id, whatever the order
     np.testing.assert_allclose(frame.set_index(ID).loc[ctx.test[ID], list(PRED_COLS)].to_numpy(), preds, atol=1e-6)
 
 
@@ -146,7 +147,7 @@ def test_resume_skips_finished_folds_and_retrains_changed_ones(trained):
     again = fit_member(MEMBER, params, FAST)
     assert all(f["skipped"] for f in again["folds"].values()) and not again["pending"]
     assert weights.stat().st_mtime_ns == stamp
-    assert again["mcrmse"] == pytest.approx(first["mcrmse"])
+    assert again["cv"]["mcrmse"] == pytest.approx(first["cv"]["mcrmse"])
     assert again["folds"][0]["mcrmse"] == pytest.approx(first["folds"][0]["mcrmse"])
     # the architecture deleted after every fold finished: written again, without training anything
     arch = paths.member_dir(MEMBER) / "backbone"
@@ -159,12 +160,12 @@ def test_resume_skips_finished_folds_and_retrains_changed_ones(trained):
     resumed = fit_member(MEMBER, params, FAST)
     assert resumed["folds"][0]["skipped"] and not resumed["folds"][1]["skipped"]
     assert weights.stat().st_mtime_ns == stamp
-    assert resumed["mcrmse"] == pytest.approx(first["mcrmse"])  # same seed per fold: the same model again
+    assert resumed["cv"]["mcrmse"] == pytest.approx(first["cv"]["mcrmse"])  # same seed per fold: the same model again
     # another config: every fold is stale; fitting only fold 0 leaves fold 1 pending and the cache untouched
-    before = cache.read_member(MEMBER, "train")[1]["config"]
+    before = cache.read_member(MEMBER, "train", FB3)[1]["config"]
     partial = fit_member(MEMBER, params, FAST[:-1] + ["lr=0.002", "folds=[0]"])
     assert not partial["folds"][0]["skipped"] and partial["pending"] == [1] and "mcrmse" not in partial
-    assert cache.read_member(MEMBER, "train")[1]["config"] == before
+    assert cache.read_member(MEMBER, "train", FB3)[1]["config"] == before
 
 
 def test_fitting_some_folds_writes_no_cache(project, one_thread):
@@ -183,7 +184,7 @@ def test_fitting_some_folds_writes_no_cache(project, one_thread):
     assert not paths.member_cache(MEMBER).exists() and not (paths.member_dir(MEMBER) / "member.json").exists()
     assert not paths.member_metrics(MEMBER).exists()
     rest = fit_member(MEMBER, params, FAST + ["folds=[1]"])  # the other fold completes the member
-    assert rest["folds"][1]["skipped"] is False and rest["pending"] == [] and np.isfinite(rest["mcrmse"])
+    assert rest["folds"][1]["skipped"] is False and rest["pending"] == [] and np.isfinite(rest["cv"]["mcrmse"])
     assert paths.cache_file(MEMBER, "train").is_file() and paths.cache_file(MEMBER, "test").is_file()
 
 

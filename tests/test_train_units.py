@@ -59,7 +59,7 @@ def test_every_shipped_finetune_member_loads(monkeypatch):
     ({"amp": "bf16"}, r"key 'amp' is now 'precision' \(auto \| bf16 \| fp16 \| fp32\)"),
     ({"precision": "fp8"}, "precision 'fp8' is not one of auto, bf16, fp16, fp32"),
     ({"loss": "huber"}, "loss 'huber' is not one of smooth_l1, mse, rmse"),
-    ({"target_weights": [1, 1]}, "target_weights needs 6"),
+    ({"target_weights": [1, -1]}, "target_weights needs non-negative numbers with a positive sum"),
     ({"msd_samples": 4}, "needs head_dropout > 0"),
     ({"swa": True, "ema_decay": 0.99}, "turn one off"),
     ({"epochs": "4"}, "expected int"),
@@ -237,6 +237,26 @@ def test_fgm_and_awp_perturb_then_restore_exactly(tiny_regressor):
         assert all(torch.equal(p, before[n]) for n, p in tiny_regressor.named_parameters())
 
 
+def test_target_weights_and_the_head_follow_the_task(tiny_deberta_dir):
+    from transformers import AutoModel
+
+    from stack.task import build_task
+    from stack.train.config import check_targets
+    from stack.train.model import Regressor
+
+    task = build_task({"targets": {"content": {"min": -2, "max": 4, "step": None},
+                                   "wording": {"min": 0, "max": 10, "step": 1}}})
+    check_targets(cfg_of(), task, "m.yaml")  # [] = equal weights, for any number of targets
+    check_targets(cfg_of(target_weights=[2, 1]), task, "m.yaml")
+    with pytest.raises(StackError, match=r"m.yaml: target_weights has 6 numbers, the task has 2 targets \(content, "
+                                         r"wording\); give one per target or \[\]"):
+        check_targets(cfg_of(target_weights=[1] * 6), task, "m.yaml")
+    model = Regressor(AutoModel.from_pretrained(tiny_deberta_dir), PoolingSpec(), n_out=task.k, bias=task.centre)
+    assert model.head.out_features == 2 and model.head.bias.tolist() == [1.0, 5.0]  # the middle of each range
+    fb3 = Regressor(AutoModel.from_pretrained(tiny_deberta_dir), PoolingSpec())
+    assert fb3.head.out_features == 6 and fb3.head.bias.tolist() == [3.0] * 6
+
+
 @pytest.mark.parametrize("loss", ["smooth_l1", "mse", "rmse"])
 def test_losses_and_target_weights(loss):
     from stack.train.loop import loss_fn
@@ -247,6 +267,8 @@ def test_losses_and_target_weights(loss):
     none_first = loss_fn(cfg_of(loss=loss, target_weights=[0, 1, 1, 1, 1, 1]))(pred, y).item()
     expected = {"smooth_l1": 1.5, "mse": 4.0, "rmse": 2.0}[loss]
     assert only_first == pytest.approx(expected, rel=1e-4) and none_first == pytest.approx(0.0, abs=1e-3)
+    equal = loss_fn(cfg_of(loss=loss))(pred[:, :2], y[:, :2]).item()  # no weights: equal, for any width
+    assert equal == pytest.approx(expected / 2, rel=1e-4)
 
 
 # --- distributed bookkeeping -------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ backbone.path=DIR`` overrides one key for one run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from stack import paths
 from stack.config import build, known_names, read_yaml
@@ -26,8 +25,6 @@ class BackboneConfig:
     packaged: str | None = None  # "<python package>/<folder>" or "<glob>/<name>.zip" (split into .zip.001, ...)
     path: str | None = None  # local folder with config.json, tokenizer and weights: wins over everything
     max_positions: int | None = None  # longest input in tokens incl. specials; None: no absolute position table
-
-    RENAMED: ClassVar[dict] = {"backbone": "'hub' (the Hugging Face id)"}
 
     def source(self) -> dict:
         """What decides the weights (the member fingerprints hash it)."""

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stack import renamed
+
 TOKEN_POOLINGS: dict[str, type[TokenPooling]] = {}
 LAYER_MODES = ("concat", "mean", "weighted")
-RENAMED = {"weighted_layer": "`layer_mode: weighted` with `layers: []`",
-           "concat_last4": "`layers: [-4, -3, -2, -1]` with `layer_mode: concat`"}
 
 
 def register(cls):
@@ -50,7 +50,7 @@ class PoolingSpec:
         """ValueError (one line, listing the valid words) for unknown or, in a frozen member, trainable poolings."""
         for name in self.pooling:
             if name not in TOKEN_POOLINGS:
-                hint = f"; {name} is now {RENAMED[name]}" if name in RENAMED else ""
+                hint = f"; {name} is now {renamed.POOLINGS[name]}" if name in renamed.POOLINGS else ""
                 raise ValueError(f"unknown pooling {name!r} (valid: {', '.join(sorted(TOKEN_POOLINGS))}){hint}")
             if TOKEN_POOLINGS[name].trainable and not trainable:
                 raise ValueError(f"pooling {name!r} has weights to learn: use it in a finetune member")

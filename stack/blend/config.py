@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stack.config import PARAMS, build
+from stack.config import build
 
 
 @dataclass(frozen=True)
@@ -20,13 +20,15 @@ class BlendConfig:
     negative: bool = False  # hill / nelder-mead may give a member a negative weight
     bounds: tuple[float, ...] | None = None  # nelder-mead weight bounds [low, high]
     svr_scaling: str = "standard"  # standard | l2
-    round: bool = False  # try rounding to the 0.5 grid; applied only if nested CV improves
+    # also try each target's grid (rounding, and thresholds fitted on OOF predictions); a mapping is applied only if
+    # nested CV improves. Always on for metric qwk, which scores grid values (rounding vs thresholds)
+    round: bool = False
     lgbm_n_jobs: int = 2
     bootstrap: int = 1000  # resamples for the 95% intervals in metrics/cv.json (0 = none)
 
 
 def load_blend_config(params) -> BlendConfig:
-    return build(BlendConfig, params.blend or {}, f"{PARAMS}: blend")
+    return build(BlendConfig, params.blend or {}, f"{params.source}: blend")
 
 
 def blend_models(params, cfg: BlendConfig | None = None) -> list[str]:

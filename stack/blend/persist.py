@@ -1,10 +1,10 @@
-"""Save, load and apply a fitted blend: the estimator, its feature layout and the fingerprints of the caches
-it was fitted on (data, folds, each member's fingerprint). Saved as arrays + JSON (stack.state, no pickle);
-loading refuses a mismatch and names the member.
+"""Save, load and apply a fitted blend: the estimator, its feature layout, the task it scores (targets, scales,
+metric), how it maps predictions to the grid, and the fingerprints of the caches it was fitted on (data, folds,
+each member's). Saved as arrays + JSON (stack.state, no pickle); loading refuses a mismatch and names the member.
 
     save_blend(fitted)                                   # models/blend/blender.{json,safetensors}
     fitted = load_blend(expect={"models": {"minilm": fingerprint}})   # refuses a blend fitted on other members
-    scores = predict_blend(fitted, {"minilm": frame})    # frame: text_id, pred_*, emb_* of NEW essays
+    scores = predict_blend(fitted, {"minilm": frame})    # frame: id, pred_*, emb_* of NEW essays
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import pandas as pd
 
 from stack import paths, state
 from stack.blend.features import Layout, aligned, matrix
+from stack.blend.grid import Thresholds, mapped
 from stack.errors import StackError
-from stack.schema import ID, SCORE_MAX, SCORE_MIN, SCORE_STEP, TARGETS
+from stack.task import Task, from_record
 
-FORMAT = 2
+FORMAT = 3
+READS = (2, 3)  # format 2: saved before tasks (stack.renamed): FB3, ``round_to_grid`` for ``grid``
 
 
 @state.savable
@@ -28,33 +30,38 @@ FORMAT = 2
 class FittedBlend:
     method: str
     layout: Layout
-    estimator: object  # fitted blender, (n, d) -> (n, 6)
+    estimator: object  # fitted blender, (n, d) -> (n, k)
     fingerprints: dict  # {"data": str, "folds": str, "models": {name: config hash}}
-    round_to_grid: bool = False  # CV said rounding to the 0.5 grid helps
-    cv: dict = field(default_factory=dict)  # nested and in-sample MCRMSE of this blend
+    grid: str = "none"  # none | round | thresholds: how predictions reach the grid (chosen by nested CV)
+    thresholds: Thresholds | None = None  # grid: thresholds
+    cv: dict = field(default_factory=dict)  # nested and in-sample CV of this blend, in the task's metric
     version: str = ""
+    task_record: dict | None = None  # Task.record() of the task it scores; None: FB3
     format: int = FORMAT
 
+    @property
+    def task(self) -> Task:
+        return from_record(self.task_record, "the saved blend")
+
+    def finish(self, pred: np.ndarray) -> np.ndarray:
+        """The blender's ``(n, k)`` output -> scores: clipped to each target's range, on its grid if CV said so."""
+        return mapped(self.task, self.grid, pred, self.thresholds)
+
     def to_state(self) -> dict:
-        return {k: getattr(self, k) for k in ("method", "layout", "estimator", "fingerprints", "round_to_grid", "cv",
-                                              "version", "format")}
+        return {k: getattr(self, k) for k in ("method", "layout", "estimator", "fingerprints", "grid", "thresholds",
+                                              "cv", "version", "task_record", "format")}
 
     @classmethod
     def from_state(cls, saved: dict):
+        saved = dict(saved)
+        if "round_to_grid" in saved:  # format 2 (stack.renamed)
+            saved["grid"] = "round" if saved.pop("round_to_grid") else "none"
         return cls(**saved)
 
 
 def blend_file(folder: Path | None = None) -> Path:
     """The saved blend's stem: ``<folder>/blender`` (.json + .safetensors); default models/blend/."""
     return Path(folder or paths.blend_dir()) / "blender"
-
-
-def postprocess(pred: np.ndarray, round_to_grid: bool) -> np.ndarray:
-    """Clip ``(n, 6)`` scores to [1, 5]; optionally round to the 0.5 grid."""
-    pred = np.clip(pred, SCORE_MIN, SCORE_MAX)
-    if round_to_grid:
-        pred = np.clip(np.round(pred / SCORE_STEP) * SCORE_STEP, SCORE_MIN, SCORE_MAX)
-    return pred
 
 
 def save_blend(fitted: FittedBlend, folder: Path | None = None) -> list[Path]:
@@ -88,26 +95,27 @@ def load_blend(folder: Path | None = None, expect: dict | None = None) -> Fitted
     stem = blend_file(folder)
     fitted = state.load(stem, "run `stack blend`")
     where = str(state.files(stem)[0])
-    if not isinstance(fitted, FittedBlend) or fitted.format != FORMAT:
+    if not isinstance(fitted, FittedBlend) or fitted.format not in READS:
         raise StackError(f"{where}: not a blend saved by this version of stack; rerun `stack blend`")
     check_blend(fitted, expect or {}, where)
     return fitted
 
 
 def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Scores of new essays: ``frames`` {model: DataFrame[text_id, pred_* x 6, emb_*]} -> DataFrame[text_id, *TARGETS].
+    """Scores of new essays: ``frames`` {model: DataFrame[id, pred_*, emb_*]} -> DataFrame[id, *targets] (the
+    saved task's columns).
 
-    Rows follow the first model's frame; every model must cover the same text_ids. Scores are clipped to
-    [1, 5] (and rounded to the 0.5 grid when the saved blend says CV chose it).
-    """
+    Rows follow the first model's frame; every model must cover the same ids. Scores are clipped to each target's
+    range (and put on its grid when the saved blend says CV chose it)."""
+    task = fitted.task
     missing = [m for m in fitted.layout.models if m not in frames]
     if missing:
         raise StackError(f"no features for model {missing[0]!r}: the blend needs {', '.join(fitted.layout.models)}")
     first = frames[fitted.layout.models[0]]
-    frames = aligned({m: frames[m] for m in fitted.layout.models}, first[ID])
-    pred = postprocess(np.asarray(fitted.estimator.predict(matrix(frames, fitted.layout))), fitted.round_to_grid)
-    out = pd.DataFrame(pred, columns=list(TARGETS))
-    out.insert(0, ID, first[ID].to_numpy())
+    frames = aligned({m: frames[m] for m in fitted.layout.models}, first[task.id], task.id)
+    raw = np.asarray(fitted.estimator.predict(matrix(frames, fitted.layout)), np.float64).reshape(len(first), task.k)
+    out = pd.DataFrame(fitted.finish(raw), columns=list(task.targets))
+    out.insert(0, task.id, first[task.id].to_numpy())
     return out
 
 
@@ -116,7 +124,7 @@ def _zero_members(est, layout) -> list[int]:
     from stack.blend.weights import WeightBlender
     from stack.heads.ridge import Ridge
 
-    k = len(TARGETS)
+    k = len(layout.pred_cols)
     if isinstance(est, WeightBlender):
         return [j for j in range(len(layout.pred_models)) if not np.any(est.weights_[:, j])]
     if type(est) is Ridge:
@@ -137,7 +145,7 @@ def prune_zero(fitted: FittedBlend) -> FittedBlend:
         return fitted
     keep = [j for j in range(len(layout.pred_models)) if j not in drop]
     names = [layout.pred_models[j] for j in keep]
-    k = len(TARGETS)
+    k = len(layout.pred_cols)
     cols = np.concatenate([np.arange(j * k, (j + 1) * k) for j in keep])
     est = type(est).from_state(est.to_state())  # a copy
     est.n_features_in_ = len(cols)
@@ -146,6 +154,6 @@ def prune_zero(fitted: FittedBlend) -> FittedBlend:
         est.columns_ = candidate_columns(len(cols), k)
     else:
         est.coef_, est.mean_, est.scale_ = est.coef_[cols], est.mean_[cols], est.scale_[cols]
-    layout = Layout(tuple(names), layout.features, tuple(0 for _ in names), tuple(names))
+    layout = Layout(tuple(names), layout.features, tuple(0 for _ in names), tuple(names), layout.pred_cols)
     models = {m: v for m, v in fitted.fingerprints["models"].items() if m in names}
     return replace(fitted, layout=layout, estimator=est, fingerprints={**fitted.fingerprints, "models": models})

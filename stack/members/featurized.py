@@ -19,17 +19,16 @@ from stack import paths, state
 from stack.heads.crossfit import cross_fit, predict_heads
 from stack.heads.ridge import Ridge
 from stack.members.registry import Fitted, Kind
-from stack.schema import TARGETS, TEXT
 
 HEADS = "heads"
 
 
-def chosen_alphas(heads: list) -> dict[str, list[float]]:
+def chosen_alphas(heads: list, targets: tuple[str, ...]) -> dict[str, list[float]]:
     """Per target, the ridge alpha each fold's head chose."""
     if not all(hasattr(h, "alpha_") for h in heads):
         return {}
-    per_fold = [np.broadcast_to(np.asarray(h.alpha_, float), (len(TARGETS),)) for h in heads]
-    return {t: [float(a[i]) for a in per_fold] for i, t in enumerate(TARGETS)}
+    per_fold = [np.broadcast_to(np.asarray(h.alpha_, float), (len(targets),)) for h in heads]
+    return {t: [float(a[i]) for a in per_fold] for i, t in enumerate(targets)}
 
 
 class FeaturizedKind(Kind):
@@ -40,7 +39,7 @@ class FeaturizedKind(Kind):
         raise NotImplementedError
 
     def head(self, spec):
-        """-> a factory of unfitted heads (``fit(X, y (n, 6))``, ``predict(X) -> (m, 6)``, ``alpha_``); by default
+        """-> a factory of unfitted heads (``fit(X, y (n, k))``, ``predict(X) -> (m, k)``, ``alpha_``); by default
         the exact-LOO ridge over the config's ``head_alphas``."""
         return lambda: Ridge(alphas=spec.cfg.head_alphas)
 
@@ -52,9 +51,9 @@ class FeaturizedKind(Kind):
         """-> (X of the training essays, X of the test essays, info). Train and test essays are featurized apart,
         so that `stack predict` on the same test CSV, on the same machine, batches them as here (and reproduces
         submission.csv); elsewhere, or with essays embedded earlier, expect float rounding differences."""
-        store = self.open_store(spec)
-        X, info = self.features(spec, ctx.train[TEXT].tolist(), store)
-        X_test, info_test = self.features(spec, ctx.test[TEXT].tolist(), store)
+        store, text = self.open_store(spec), ctx.task.text
+        X, info = self.features(spec, ctx.train[text].tolist(), store)
+        X_test, info_test = self.features(spec, ctx.test[text].tolist(), store)
         for k in ("essays", "embedded", "reused"):
             if k in info:
                 info[k] += info_test[k]
@@ -66,20 +65,20 @@ class FeaturizedKind(Kind):
         oof, test, heads = cross_fit(self.head(spec), X, ctx.y, ctx.fold, X_test)
         state.save(heads, folder / HEADS, info={"member": spec.name, "folds": len(heads)})
         grid = tuple(getattr(spec.cfg, "head_alphas", ()))
-        alphas = chosen_alphas(heads)
+        alphas = chosen_alphas(heads, ctx.task.targets)
         edge = sorted({a for fold in alphas.values() for a in fold if grid and a in (min(grid), max(grid))})
         extra = {"head": {"alphas_grid": list(grid), "chosen": alphas} if alphas else {}, **info.pop("extra", {})}
         emb, emb_test = (X, X_test) if self.emb_in_cache else (None, None)
         return Fitted(oof, test, emb, emb_test, extra, {**info, "alphas_at_edge": edge})
 
-    def featurizer(self, spec, folder: Path, strict: bool):
+    def featurizer(self, spec, folder: Path, meta: dict, strict: bool):
         """-> ``(texts, upstream) -> X`` for scoring (``upstream``: the embeddings of the members this one reads; a
-        kind with weights to load overrides it to load them once)."""
+        kind with weights to load overrides it to load them once; ``meta``: the member.json)."""
         return lambda texts, upstream: self.features(spec, texts, None)[0]
 
-    def scorer(self, spec, folder: Path, strict: bool = False):
+    def scorer(self, spec, folder: Path, meta: dict, strict: bool = False):
         heads = state.load(folder / HEADS, f"run `stack fit {spec.name}`")
-        featurize = self.featurizer(spec, folder, strict)
+        featurize = self.featurizer(spec, folder, meta, strict)
 
         def score(texts, upstream=None):
             X = featurize(texts, upstream or {})
@@ -87,7 +86,7 @@ class FeaturizedKind(Kind):
 
         return score
 
-    def export(self, spec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
+    def export(self, spec, meta: dict, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
         """The fold heads; ridge and kernel ridge heads become their exact average (one head) unless
         ``keep_folds``."""
         heads = state.load(src / HEADS, f"run `stack fit {spec.name}`")

@@ -47,23 +47,6 @@ class FrozenConfig:
     head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 
     RUN_KEYS: ClassVar[tuple] = ("device", "threads", "shard_size", "batch_size")
-    RENAMED: ClassVar[dict] = {"dtype": "'precision'", "path": "'backbone.path' (in configs/backbones/)",
-                               "packaged": "'backbone.packaged' (in configs/backbones/)"}
-
-
-def scoring_precision(fitted: str | None, spec) -> str | None:
-    """The precision to embed new essays in: the one the heads were fitted on, where this machine computes it
-    natively; else fp32 (auto), with a warning, since embeddings then differ slightly from the fitted ones."""
-    import warnings
-
-    if fitted in (None, "fp32"):
-        return fitted
-    device = runtime.device(spec.cfg.device, spec.where)
-    if runtime.precision("auto", device, spec.where) == fitted:
-        return fitted
-    warnings.warn(f"{spec.name}: fitted on {fitted} embeddings, which this machine does not compute natively; "
-                  "embedding in fp32 (scores may differ slightly)", stacklevel=2)
-    return None
 
 
 def blocks(cfg, n_states: int | None) -> list[dict] | None:
@@ -152,28 +135,26 @@ class Frozen(FeaturizedKind):
         with tqdm(total=total, desc=f"embed {spec.name}", unit="chunk", mininterval=2, disable=len(texts) < 64) as bar:
             return embed_texts(texts, tokenizer, model, cfg, spec.where, precision, bar.update, on_shard, encoded)
 
-    def featurizer(self, spec, folder: Path, strict: bool):
-        from stack.members.run import read_member_json
-
-        loaded, fitted = [], read_member_json(folder).get("precision")
+    def featurizer(self, spec, folder: Path, meta: dict, strict: bool):
+        loaded, fitted = [], meta.get("precision")
 
         def featurize(texts, upstream):
             loaded[:] = loaded or [self._load(spec, strict)]
-            return self._embed(spec, texts, loaded[0], scoring_precision(fitted, spec))[0]
+            prec = runtime.scoring_precision(fitted, spec.cfg.device, spec.where)
+            return self._embed(spec, texts, loaded[0], prec)[0]
 
         return featurize
 
-    def export(self, spec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
+    def export(self, spec, meta: dict, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
         """The heads, and the backbone's tokenizer + weights as safetensors in ``dst/backbone/`` -- or, with
         ``by_reference`` and a packaged backbone, a reference to its package."""
         from stack.backbones.loading import packaged_folder, weights_stamp
-        from stack.members.run import read_member_json
 
-        fitted = read_member_json(src).get("weights")
+        fitted = meta.get("weights")
         if fitted and weights_stamp(spec.backbone) != fitted:
             raise StackError(f"{spec.backbone.where}: the weights differ from those `stack fit {spec.name}` embedded "
                              f"with; run `stack fit {spec.name}` (or `dvc repro`) before exporting")
-        super().export(spec, src, dst, keep_folds, by_reference)
+        super().export(spec, meta, src, dst, keep_folds, by_reference)
         if by_reference and spec.backbone.packaged and not spec.backbone.path and packaged_folder(spec.backbone.packaged):
             return {}
         tokenizer, model = self._load(spec)

@@ -29,7 +29,7 @@ from stack.heads.svr import KernelSVR
 from stack.members.features import FEATURES, text_stats
 from stack.members.featurized import FeaturizedKind
 from stack.members.registry import register
-from stack.schema import ID, LEAKY_EMBEDDINGS, TEXT
+from stack.schema import LEAKY_EMBEDDINGS
 
 HEAD_MODELS = {"krr": lambda c: KernelRidge(c.gamma_scales, c.alphas), "svr": lambda c: KernelSVR(c.svr_c, scaling="none"),
                "ridge": lambda c: Ridge(c.alphas), "mlp": lambda c: MLPHead(seeds=c.mlp_seeds),
@@ -123,29 +123,26 @@ class Head(FeaturizedKind):
         return lambda: PreparedHead(HEAD_MODELS[cfg.head](cfg), n_stats, cfg.stats == "block", cfg.pca)
 
     def fit_features(self, spec, ctx):
-        cfg, where = spec.cfg, spec.where
+        cfg, where, task = spec.cfg, spec.where, ctx.task
         frames, meta = {}, None
-        for split, ids in (("train", ctx.train[ID]), ("test", ctx.test[ID])):
-            df, meta = cache.read_member(cfg.input, split)
-            cache.check_fingerprints({cfg.input: meta}, {"data": ctx.data_fp, "folds": ctx.folds_fp})
-            frames[split] = df.set_index(ID).reindex(ids.to_numpy())
+        for split, ids in (("train", ctx.ids), ("test", ctx.test[task.id])):
+            df, meta = cache.read_member(cfg.input, split, task)
+            cache.check_fingerprints({cfg.input: meta}, ctx.expected())
+            frames[split] = df.set_index(task.id).reindex(ids.to_numpy())
         if meta["kind"] in LEAKY_EMBEDDINGS:
             raise StackError(f"{where}: input {cfg.input!r} is a {meta['kind']} member: "
                              f"{LEAKY_EMBEDDINGS[meta['kind']]}, so a head fitted on them sees the labels of the rows "
                              "it scores; read a frozen, features or grammar member instead")
         if not cache.emb_columns(frames["train"]):
             raise StackError(f"{where}: input {cfg.input!r} caches no embeddings (emb_* columns) to fit a head on")
-        texts = {"train": ctx.train[TEXT].tolist(), "test": ctx.test[TEXT].tolist()}
+        texts = {"train": ctx.train[task.text].tolist(), "test": ctx.test[task.text].tolist()}
         X, X_test = (rows(frames[s][cache.emb_columns(frames[s])].to_numpy(), texts[s], meta, cfg, where)
                      for s in frames)
         extra = {"input": cfg.input, "input_config": meta["config"],
                  "input_meta": {"blocks": meta.get("blocks"), "n_states": meta.get("n_states")}}
         return X, X_test, {"essays": len(X) + len(X_test), "extra": extra}
 
-    def featurizer(self, spec, folder, strict: bool):
-        from stack.members.run import read_member_json
-
-        meta = read_member_json(folder)
+    def featurizer(self, spec, folder, meta: dict, strict: bool):
         source = meta.get("input_meta", {})
 
         def featurize(texts, upstream):

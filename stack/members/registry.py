@@ -4,7 +4,7 @@ keys, checked against the kind's config dataclass (unknown keys and wrong types 
 
     spec = load_member("mpnet", ["batch_size=8", "backbone.path=/data/mpnet"])
     spec.kind.fit(spec, ctx, folder)          # -> Fitted: OOF/test predictions (+ embeddings)
-    spec.kind.scorer(spec, folder)            # -> scores new essays from what fit saved in ``folder``
+    spec.kind.scorer(spec, folder, meta)      # -> scores new essays from what fit saved in ``folder``
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from stack import paths
+from stack import paths, renamed
 from stack.backbones.config import BackboneConfig, load_backbone_config
 from stack.config import asdict, build, known_names, parse_overrides, read_yaml, sha256_json
 from stack.errors import StackError
@@ -42,11 +42,11 @@ def get_kind(name: str, where: str = "") -> Kind:
 class Fitted:
     """What a kind's ``fit`` returns; ``oof`` is None while folds are still pending (a fine-tuned member)."""
 
-    oof: np.ndarray | None  # (n_train, 6) out-of-fold predictions
-    test: np.ndarray | None  # (n_test, 6) mean of the fold heads/models
+    oof: np.ndarray | None  # (n_train, k) out-of-fold predictions of the task's k targets
+    test: np.ndarray | None  # (n_test, k) mean of the fold heads/models
     emb: np.ndarray | None = None  # (n_train, d) embeddings written as emb_* columns
     emb_test: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)  # added to the cache fingerprint (head alphas, precision, ...)
+    extra: dict = field(default_factory=dict)  # added to the member's meta (head alphas, precision, ...)
     info: dict = field(default_factory=dict)  # what the CLI prints (essays embedded, peak memory, ...)
     pending: list[int] = field(default_factory=list)
 
@@ -70,15 +70,16 @@ class Kind:
         """Members whose outputs this one reads (a head over another member's embeddings); scored first."""
         return []
 
-    def scorer(self, spec: MemberSpec, folder: Path, strict: bool = False):
-        """-> ``score(texts, upstream) -> (predictions (n, 6), embeddings (n, d) or None)`` from what ``fit`` saved
-        in ``folder``; ``upstream``: {member: embeddings} of ``inputs``; ``strict``: load weights from safetensors
-        only (scoring from a bundle)."""
+    def scorer(self, spec: MemberSpec, folder: Path, meta: dict, strict: bool = False):
+        """-> ``score(texts, upstream) -> (predictions (n, k), embeddings (n, d) or None)`` from what ``fit`` saved
+        in ``folder`` (``meta``: its member.json, read once by the caller); ``upstream``: {member: embeddings} of
+        ``inputs``; ``strict``: load weights from safetensors only (scoring from a bundle)."""
         raise NotImplementedError
 
-    def export(self, spec: MemberSpec, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
-        """Write what scoring needs from ``src`` (models/<name>/) into ``dst`` (a bundle's members/<name>/), as
-        safetensors + JSON only; -> changes to the saved backbone config (e.g. its weights now in ``dst``)."""
+    def export(self, spec: MemberSpec, meta: dict, src: Path, dst: Path, keep_folds: bool, by_reference: bool) -> dict:
+        """Write what scoring needs from ``src`` (models/<name>/, whose member.json is ``meta``) into ``dst`` (a
+        bundle's members/<name>/), as safetensors + JSON only; -> changes to the saved backbone config (e.g. its
+        weights now in ``dst``)."""
         raise NotImplementedError
 
 
@@ -113,7 +114,7 @@ def check_transformer(spec: MemberSpec) -> None:
 
 
 def _missing(name: str, path: Path) -> StackError:
-    for old, what in paths.OLD_CONFIGS.items():
+    for old, what in renamed.CONFIG_DIRS.items():
         if (old / f"{name}.yaml").is_file():
             return StackError(f"{old / (name + '.yaml')} uses the old layout: {what} now live in configs/members/ "
                               f"(kind + backbone name) and configs/backbones/ (where weights come from); see README")
@@ -161,11 +162,9 @@ def load_member(name: str, overrides: list[str] | None = None) -> MemberSpec:
 def spec_from_json(config_json: dict, folder: Path, where: str, strict: bool = False) -> MemberSpec:
     """The MemberSpec saved in ``member.json``; a relative backbone ``path`` is looked up beside it first.
     ``strict`` (a bundle): the weights must be inside ``folder`` or in an installed package, never the hub."""
-    member, bb = dict(config_json["member"]), config_json.get("backbone")
-    if "device" in member:  # the machine scoring essays need not be the one that fitted the member
-        member["device"] = "auto"
-        if member.get("precision") == "fp16" and not _has_cuda():
-            member["precision"] = "auto"
+    from stack.runtime import for_scoring
+
+    member, bb = for_scoring(dict(config_json["member"])), config_json.get("backbone")
     backbone = None
     if bb is not None:
         backbone = build(BackboneConfig, bb, where)
@@ -179,9 +178,3 @@ def spec_from_json(config_json: dict, folder: Path, where: str, strict: bool = F
             backbone = dataclasses.replace(backbone, hub="")  # a bundle never downloads
         member["backbone"] = backbone
     return build_spec(member.get("name", folder.name), member, where)
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from stack.errors import StackError
-from stack.schema import TARGETS
 
 CHOICES = {
     "paragraph": ("keep", "strip", "token"),
@@ -65,7 +64,7 @@ class TrainConfig:
     # loss
     loss: str = "smooth_l1"  # smooth_l1 | mse | rmse (per-target RMSE, i.e. MCRMSE)
     smooth_l1_beta: float = 1.0
-    target_weights: tuple[float, ...] = (1.0,) * len(TARGETS)
+    target_weights: tuple[float, ...] = ()  # one per target of the task, in its order; () = equal weights
     # weight averaging and adversarial training
     keep: str = "last"  # last | best (lowest validation MCRMSE over epochs)
     ema_decay: float = 0.0  # 0 = off, e.g. 0.999
@@ -87,7 +86,6 @@ class TrainConfig:
     dvclive: bool = True  # per-epoch metrics under models/<name>/live/
 
     RUN_KEYS: ClassVar[tuple] = ("folds", "threads", "dvclive", "device", "eval_batch_size")
-    RENAMED: ClassVar[dict] = {"amp": "'precision' (auto | bf16 | fp16 | fp32)"}
 
 
 def validate(cfg: TrainConfig, where: str) -> TrainConfig:
@@ -95,8 +93,9 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
     for key, valid in CHOICES.items():
         if getattr(cfg, key) not in valid:
             raise StackError(f"{where}: {key} {getattr(cfg, key)!r} is not one of {', '.join(valid)}")
-    if len(cfg.target_weights) != len(TARGETS) or min(cfg.target_weights) < 0 or sum(cfg.target_weights) <= 0:
-        raise StackError(f"{where}: target_weights needs {len(TARGETS)} non-negative numbers ({', '.join(TARGETS)})")
+    if cfg.target_weights and (min(cfg.target_weights) < 0 or sum(cfg.target_weights) <= 0):
+        raise StackError(f"{where}: target_weights needs non-negative numbers with a positive sum, one per target "
+                         f"(or [] for equal weights), got {list(cfg.target_weights)}")
     if len(cfg.adam_betas) != 2:
         raise StackError(f"{where}: adam_betas needs two numbers, e.g. [0.9, 0.999]")
     for key in ("epochs", "batch_size", "eval_batch_size", "accum_steps", "msd_samples", "max_len"):
@@ -120,3 +119,9 @@ def validate(cfg: TrainConfig, where: str) -> TrainConfig:
         raise StackError(f"{where}: {e}") from None
     return cfg
 
+
+def check_targets(cfg: TrainConfig, task, where: str) -> None:
+    """``target_weights`` against the task: one per target (or none)."""
+    if cfg.target_weights and len(cfg.target_weights) != task.k:
+        raise StackError(f"{where}: target_weights has {len(cfg.target_weights)} numbers, the task has {task.k} "
+                         f"targets ({', '.join(task.targets)}); give one per target or []")

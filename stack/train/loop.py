@@ -6,7 +6,7 @@ FGM/AWP on the same batch, EMA/SWA after each optimiser step, then validation MC
 ``log``). The model kept is the last epoch's (``keep: last``) or the best epoch's (``keep: best``).
 
     res = train_fold(model, cfg, train_ids, y_train, valid_ids, y_valid, pad_id, torch.device("cpu"))
-    res.valid_pred, res.valid_feats, res.history            # (n_valid, 6), (n_valid, d), [per-epoch dicts]
+    res.valid_pred, res.valid_feats, res.history            # (n_valid, k), (n_valid, d), [per-epoch dicts]
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from stack.train.regularizers import make_adversaries, make_averager
 
 
 def loss_fn(cfg):
-    """``(pred (b, 6), y (b, 6)) -> scalar``: per-target loss averaged with ``target_weights``."""
-    w = torch.tensor(cfg.target_weights, dtype=torch.float32)
-    w = w / w.sum()
+    """``(pred (b, k), y (b, k)) -> scalar``: per-target loss averaged with ``target_weights`` (equal if empty)."""
 
     def f(pred, y):
+        w = torch.tensor(cfg.target_weights or [1.0] * pred.shape[1], dtype=torch.float32)
+        w = w / w.sum()
         if cfg.loss == "smooth_l1":
             per = F.smooth_l1_loss(pred, y, beta=cfg.smooth_l1_beta, reduction="none").mean(0)
         else:
@@ -54,7 +54,7 @@ def enable_checkpointing(backbone) -> None:
 
 @torch.no_grad()
 def predict(model, encoded: list[list[int]], batch_size: int, pad_id: int, device, precision: str = "fp32"):
-    """Predictions ``(n, 6)`` and pooled features ``(n, d)`` (float32 numpy) in the order of ``encoded``."""
+    """Predictions ``(n, k)`` and pooled features ``(n, d)`` (float32 numpy) in the order of ``encoded``."""
     was_training = model.training
     model.eval()
     preds, feats = [None] * len(encoded), [None] * len(encoded)
@@ -72,7 +72,7 @@ def predict(model, encoded: list[list[int]], batch_size: int, pad_id: int, devic
 @dataclass
 class FoldResult:
     model: torch.nn.Module  # the kept weights (the averaged copy when EMA/SWA is on)
-    valid_pred: np.ndarray  # (n_valid, 6) from the kept weights
+    valid_pred: np.ndarray  # (n_valid, k) from the kept weights
     valid_feats: np.ndarray  # (n_valid, d)
     kept_epoch: int
     precision: str
@@ -153,8 +153,9 @@ def _steps(model, cfg, lengths, device) -> _Steps:
 
 
 def train_fold(model, cfg, train_ids, y_train, valid_ids, y_valid, pad_id: int, device, log=None,
-               desc: str = "train", seed: int | None = None) -> FoldResult:
-    """Fine-tune ``model`` (a Regressor) on ``train_ids``/``y_train`` ``(n, 6)``; validate on the others each epoch."""
+               desc: str = "train", seed: int | None = None, targets: tuple[str, ...] | None = None) -> FoldResult:
+    """Fine-tune ``model`` (a Regressor) on ``train_ids``/``y_train`` ``(n, k)``; validate on the others each epoch
+    by MCRMSE (the regression objective; ``targets`` names the columns, default FB3's)."""
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -170,7 +171,7 @@ def train_fold(model, cfg, train_ids, y_train, valid_ids, y_valid, pad_id: int, 
         averager = steps.averager
         eval_model = averager.module if averager is not None and averager.active else model
         pred, feats = predict(eval_model, valid_ids, cfg.eval_batch_size, pad_id, device, steps.precision)
-        score, per_target = mcrmse(y_valid, pred)
+        score, per_target = mcrmse(y_valid, pred, targets)
         top_lr = max((g["lr"] for g in steps.optimizer.param_groups if not g["name"].startswith("head")), default=0.0)
         record = {"epoch": epoch, "train_loss": dist.mean(train_loss, device), "valid_mcrmse": score,
                   "valid_per_target": per_target, "lr": top_lr,

@@ -1,9 +1,9 @@
 """Backbone + pooling + regression head, and the backbone surgery fine-tuning needs.
 
     from stack.train.model import build_model
-    tokenizer, model = build_model(cfg, backbone)    # cfg: TrainConfig, backbone: BackboneConfig
-    preds, feats = model(input_ids, attention_mask)  # (b, 6), (b, model.out_dim)
-    tokenizer, model = model_from_folder(cfg, folder)  # the architecture saved beside the fold weights, no weights
+    tokenizer, model = build_model(cfg, backbone, task=task)   # cfg: TrainConfig, backbone: BackboneConfig
+    preds, feats = model(input_ids, attention_mask)            # (b, k) for the task's k targets, (b, model.out_dim)
+    tokenizer, model = model_from_folder(cfg, folder, n_out=k)  # the architecture saved beside the fold weights
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from torch import nn
 
 from stack.backbones.pooling import Pooler, PoolingSpec
 from stack.errors import StackError
-from stack.schema import TARGETS
-
-HEAD_BIAS = 3.0  # FB3 scores centre near 3 on the 1-5 scale: start the head there, not at 0
+from stack.task import Task
 
 
 class Regressor(nn.Module):
-    """``backbone`` (a transformers encoder) -> ``pooling`` -> dropout -> linear head with ``n_out`` outputs."""
+    """``backbone`` (a transformers encoder) -> ``pooling`` -> dropout -> linear head with ``n_out`` outputs, its
+    bias starting at ``bias`` (the middle of each target's range: scores centre there, not at 0)."""
 
     def __init__(self, backbone: nn.Module, pooling, head_dropout: float = 0.0, msd_samples: int = 1,
-                 n_out: int = len(TARGETS)):
+                 n_out: int = Task().k, bias=None):
         super().__init__()
         hidden = backbone.config.hidden_size
         self.backbone = backbone
@@ -32,7 +31,9 @@ class Regressor(nn.Module):
         self.msd_samples = msd_samples
         self.head = nn.Linear(self.out_dim, n_out)
         nn.init.normal_(self.head.weight, std=getattr(backbone.config, "initializer_range", 0.02))
-        nn.init.constant_(self.head.bias, HEAD_BIAS)
+        with torch.no_grad():
+            self.head.bias.copy_(torch.as_tensor(Task().centre if bias is None else bias, dtype=torch.float32)
+                                 .expand(n_out))
 
     def head_params(self):
         """Parameters outside the backbone (pooling + head): they get ``head_lr``."""
@@ -94,20 +95,22 @@ def _adapt(cfg, tokenizer, backbone, where: str):
     return tokenizer, backbone
 
 
-def _regressor(cfg, tokenizer, backbone, where: str):
+def _regressor(cfg, tokenizer, backbone, where: str, n_out: int, bias=None):
     try:
-        model = Regressor(backbone, PoolingSpec.of(cfg), cfg.head_dropout, cfg.msd_samples)
+        model = Regressor(backbone, PoolingSpec.of(cfg), cfg.head_dropout, cfg.msd_samples, n_out, bias)
     except ValueError as e:
         raise StackError(f"{where}: {e}") from None
     return tokenizer, model
 
 
-def build_model(cfg, backbone_cfg, where: str = ""):
-    """(tokenizer, Regressor) for a TrainConfig, weights as pretrained (head freshly initialised)."""
+def build_model(cfg, backbone_cfg, where: str = "", task: Task | None = None):
+    """(tokenizer, Regressor) for a TrainConfig, weights as pretrained, the head freshly initialised for ``task``'s
+    targets (default FB3's)."""
     from stack.backbones.loading import load_backbone
 
+    task = task or Task()
     tokenizer, backbone = load_backbone(backbone_cfg)
-    return _regressor(cfg, *_adapt(cfg, tokenizer, backbone, where), where)
+    return _regressor(cfg, *_adapt(cfg, tokenizer, backbone, where), where, task.k, task.centre)
 
 
 def save_architecture(tokenizer, model, folder) -> None:
@@ -117,10 +120,11 @@ def save_architecture(tokenizer, model, folder) -> None:
     model.backbone.config.save_pretrained(folder)
 
 
-def model_from_folder(cfg, folder, where: str = ""):
-    """(tokenizer, Regressor with random weights) from ``save_architecture``'s folder: load a fold's weights next."""
+def model_from_folder(cfg, folder, where: str = "", n_out: int = Task().k):
+    """(tokenizer, Regressor with random weights and ``n_out`` outputs) from ``save_architecture``'s folder: load a
+    fold's weights next."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True)).float()
-    return _regressor(cfg, *_adapt(cfg, tokenizer, backbone, where), where)
+    return _regressor(cfg, *_adapt(cfg, tokenizer, backbone, where), where, n_out)

@@ -32,7 +32,7 @@ def fold_dir(member_folder: Path, fold: int) -> Path:
 
 
 def save_fold(member_folder: Path, fold: int, model, outputs: dict, config: dict, fold_hash: str) -> Path:
-    """``outputs``: the four ARRAYS (float32, ``(n, 6)`` / ``(n, d)``) plus ``valid_ids`` and ``test_ids`` lists."""
+    """``outputs``: the four ARRAYS (float32, ``(n, k)`` / ``(n, d)``) plus ``valid_ids`` and ``test_ids`` lists."""
     folder = fold_dir(member_folder, fold)
     (folder / OUTPUTS).unlink(missing_ok=True)  # not finished until the new outputs land
     atomic_write(folder / WEIGHTS, lambda p: save_model(model, str(p)))
@@ -62,6 +62,23 @@ def load_outputs(member_folder: Path, fold: int, fold_hash: str) -> dict | None:
     out = {k: arrays[k].numpy() for k in ARRAYS}
     out["valid_ids"], out["test_ids"] = json.loads(meta["valid_ids"]), json.loads(meta["test_ids"])
     return out
+
+
+def n_outputs(member_folder: Path, fold: int, hint: str) -> int:
+    """How many targets fold ``fold``'s saved head predicts (the rows of ``head.weight``), read from the file's
+    header without loading the weights."""
+    from safetensors import safe_open
+
+    from stack.errors import StackError
+
+    path = fold_dir(member_folder, fold) / WEIGHTS
+    if not path.is_file():
+        raise StackError(f"{path}: not found; {hint}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int(f.get_slice("head.weight").get_shape()[0])
+    except (SafetensorError, OSError, KeyError, IndexError) as e:
+        raise StackError(f"{path}: unreadable or not a fine-tuned member's weights ({str(e)[:80]}); {hint}") from None
 
 
 def load_weights(model, member_folder: Path, fold: int, hint: str):

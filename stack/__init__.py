@@ -1,4 +1,4 @@
-"""stack: score English-language-learner essays on six analytic traits (FB3), stage one + stage two.
+"""stack: score essays on the task's traits (FB3's six analytic traits by default), stage one + stage two.
 
     make run                                    # folds -> fit@<member> -> blend -> submission.csv
     from stack import Scorer

@@ -173,11 +173,12 @@ def predict(
     out: Path = typer.Option(Path("scores.csv"), "--out", help="where to write the id + one score per target"),
     models: str = typer.Option(None, "--models", help="comma-separated members (default: those the saved blend uses)"),
     bundle: Path = typer.Option(None, "--bundle", help="a folder written by `stack export` (no repository needed)"),
+    interval: float = typer.Option(None, "--interval", help="also <target>_lo, <target>_hi at this coverage, e.g. 0.9"),
 ) -> None:
     """Score new essays with the saved members and the saved blend (or a bundle) -> OUT."""
     from stack.predict import run_predict
 
-    scores = run_predict(input_csv, out, _models(models, []), bundle)
+    scores = run_predict(input_csv, out, _models(models, []), bundle, interval)
     typer.echo(f"wrote {out}: {len(scores)} essays scored")
 
 
@@ -221,6 +222,67 @@ def score(pred: Path = typer.Argument(..., help="predictions CSV"), labels: Path
         typer.echo(f"  {t:<12} {v:.4f}")
     if "rmse" in cv:
         typer.echo(f"RMSE {cv['rmse']:.4f}")
+
+
+@app.command()
+@friendly
+def serve(
+    bundle: Path = typer.Option(None, "--bundle", help="a folder written by `stack export` (default: this project's)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="127.0.0.1: this machine only (see README for a network)"),
+    port: int = typer.Option(8000, "--port"),
+    max_mb: float = typer.Option(5.0, "--max-mb", help="largest request body, in MiB"),
+    max_essays: int = typer.Option(200, "--max-essays", help="most essays in one request"),
+) -> None:
+    """Serve the saved stack (or a bundle): a page at / and an HTTP API (POST /score, /score/csv; docs at /docs)."""
+    from stack.serve import run_server
+
+    run_server(bundle, host, port, max_mb, max_essays)
+
+
+@app.command()
+@friendly
+def audit(
+    pred: Path = typer.Argument(..., help="machine scores: CSV with the task's id and targets"),
+    labels: Path = typer.Argument(..., help="human scores: the same columns (+ the --by columns)"),
+    by: str = typer.Option(None, "--by", help="comma-separated group columns (in LABELS or PRED), e.g. gender,grade"),
+    out: Path = typer.Option(Path("reports/audit"), "--out", help="folder for audit.md, audit.json, dsm.png"),
+    min_n: int = typer.Option(30, "--min-n", help="groups smaller than this are shown but not flagged"),
+    bundle: Path = typer.Option(None, "--bundle", help="take the task from a bundle instead of params.yaml"),
+    params: Path = PARAMS_OPT,
+) -> None:
+    """Agreement (QWK, r, SMD, exact/adjacent) of PRED with human LABELS, and fairness (DSM) across groups."""
+    from stack.audit import audit as run_audit
+    from stack.audit import write_audit
+    from stack.data import read_scores
+
+    task = _task(params, bundle)
+    groups = _models(by, [])
+    y = read_scores(labels, labels=True, task=task, extra=groups)
+    p = read_scores(pred, labels=False, task=task, extra=groups)
+    for col in groups:
+        if col not in y.columns and col not in p.columns:
+            raise StackError(f"--by column {col!r} is in neither {labels} nor {pred}; name a column of either")
+    y = y.merge(p[[task.id, *[c for c in groups if c not in y.columns]]], on=task.id, how="left")
+    result = run_audit(task, y, p[[task.id, *task.targets]], groups, min_n)
+    written = write_audit(result, task, out)
+    flagged = sum(bool(r["flags"]) for r in result["targets"].values()) + sum(
+        bool(r["flags"]) for g in result["by"].values() for per in g.values() for r in per.values())
+    typer.echo(f"wrote {written[-1]}, {', '.join(p.name for p in written[:-1])}: {flagged} flagged rows")
+
+
+def _task(params: Path, bundle: Path | None):
+    """The task of a bundle (its manifest), else of params.yaml."""
+    from stack.task import from_record, load_task
+
+    if bundle is not None:
+        from stack.bundle import MANIFEST
+        from stack.cache import read_json
+
+        manifest = read_json(Path(bundle) / MANIFEST, f"{bundle} is not a bundle written by `stack export`")
+        return from_record(manifest.get("task"), str(Path(bundle) / MANIFEST))
+    from stack.config import load_params
+
+    return load_task(load_params(params))
 
 
 if __name__ == "__main__":

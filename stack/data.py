@@ -227,11 +227,12 @@ def load_inputs(params, task) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     return train, test, sample
 
 
-def read_scores(path: str | Path, labels: bool, task) -> pd.DataFrame:
-    """id + one column per target (predictions or labels); labels must be valid scores."""
+def read_scores(path: str | Path, labels: bool, task, extra=()) -> pd.DataFrame:
+    """id + one column per target (predictions or labels) + those of ``extra`` the file has; labels must be valid
+    scores."""
     df = _read_csv(path, task)
     _require_columns(df, path, [task.id, *task.targets], task)
-    df = df[[task.id, *task.targets]].copy()
+    df = df[[task.id, *task.targets, *[c for c in extra if c in df.columns and c not in task.targets]]].copy()
     _check_ids(df, path, task)
     df[task.id] = df[task.id].astype(str)
     if labels:

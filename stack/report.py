@@ -161,6 +161,45 @@ def _grid(cv: dict, metric) -> str:
             f"{r['nested_rounded']:.4f}, thresholds {r['nested_thresholds']:.4f})\n")
 
 
+def intervals_section(cv: dict) -> str:
+    """How sure: the nested coverage and mean width of the blend's per-essay intervals, beside constant-width ones,
+    and coverage by predicted level."""
+    iv = cv.get("intervals")
+    if not iv:
+        return ""
+    lines = [f"## How sure: {iv['level']:.0%} intervals\n\n{iv['method']}; constant-width intervals (the same "
+             "calibration, one width for every essay) beside them. Normalized: whether the saved blend's intervals "
+             "scale with each essay's difficulty for that target (kept only where that narrows them).\n\n| target | "
+             "coverage | mean width | constant width: coverage | its mean width | normalized |\n"
+             "|---|---|---|---|---|---|\n"]
+    for t, r in iv["per_target"].items():
+        lines.append(f"| {t} | {r['coverage']:.3f} | {r['width']:.3f} | {r['constant_coverage']:.3f} | "
+                     f"{r['constant_width']:.3f} | {'yes' if r.get('normalized') else 'no'} |\n")
+    lines.append(f"| **all** | **{iv['coverage']:.3f}** | **{iv['width']:.3f}** | {iv['constant_coverage']:.3f} | "
+                 f"{iv['constant_width']:.3f} | |\n\nCoverage by predicted level (n):\n\n")
+    for t, r in iv["per_target"].items():
+        levels = ", ".join(f"{lv}: {v['coverage']:.2f} ({v['n']})" for lv, v in r["by_level"].items())
+        lines.append(f"- {t}: {levels}\n")
+    return "".join(lines) + "\n"
+
+
+def audit_section(oof: pd.DataFrame, task: Task, out: Path) -> str:
+    """How fair: the audit (stack.audit) of the blend's nested OOF predictions against the human scores, by each
+    ``keep`` column of the training data; its DSM plot beside the report."""
+    from stack.audit import audit, markdown, plot_dsm
+
+    by = [c for c in task.keep if c in oof.columns]
+    if not by:
+        return ""
+    labels = oof[[task.id, *by]].assign(**{t: oof[f"true_{t}"] for t in task.targets})
+    preds = oof[[task.id]].assign(**{t: oof[f"pred_{t}"] for t in task.targets})
+    result = audit(task, labels, preds, by)
+    plot_dsm(result, out)
+    body = markdown(result, task).replace("# Agreement and fairness audit", "## How fair: agreement and audit by "
+                                          + ", ".join(by) + " (nested OOF predictions)").replace("\n## ", "\n### ")
+    return body.replace("\n### How fair", "\n## How fair") + f"\n![DSM by group]({out.name})\n\n"
+
+
 def markdown(cv: dict, images: dict[str, str], task: Task, seconds: dict | None = None) -> str:
     """report.md text from the cv.json dict, {name: image file name}, the task and {method: seconds} (blend.json)."""
     seconds = seconds or {}
@@ -198,6 +237,7 @@ def markdown(cv: dict, images: dict[str, str], task: Task, seconds: dict | None 
           for name in metric.order({n: r["nested"][m] for n, r in cv["methods"].items()})],
         f"\n![methods]({images['methods']})\n\n",
     ]
+    lines.append(intervals_section(cv))
     if "weights" in images:
         lines.append(f"## Blend weights\n\n![weights]({images['weights']})\n\n")
     if "scatter" in images:
@@ -228,8 +268,12 @@ def write_report(cv_path: Path | None = None, oof_path: Path | None = None, out:
         images["weights"] = "weights.png"
         title = "Blend weights per target" if cv["method"] in ("hill", "nelder-mead") else "Weights of the prediction member"
         plot_weights(cv["weights"], out.parent / images["weights"], title)
+    audit = ""
     if oof_path.is_file():
         images["scatter"] = "oof_scatter.png"
-        plot_scatter(pd.read_parquet(oof_path), out.parent / images["scatter"], task)
-    atomic_write(out, lambda p: p.write_text(markdown(cv, images, task, saved.get("seconds", {})), encoding="utf-8"))
+        oof = pd.read_parquet(oof_path)
+        plot_scatter(oof, out.parent / images["scatter"], task)
+        audit = audit_section(oof, task, out.parent / "audit_dsm.png")
+    text = markdown(cv, images, task, saved.get("seconds", {})) + audit
+    atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
     return out

@@ -74,16 +74,19 @@ class Scorer:
         return _load(load_blend(folder / "blend"), member_folder, strict=True, where=str(folder / MANIFEST),
                      source=str(folder))
 
-    def score(self, essays) -> pd.DataFrame:
+    def score(self, essays, interval: float | None = None) -> pd.DataFrame:
         """Scores ``DataFrame[<id>, *targets]`` of ``essays`` (a list of texts, or a DataFrame with the task's id
         and text columns), in input order, each clipped to its target's range (on its grid where the blend maps
-        to it)."""
+        to it); with ``interval`` (a coverage level such as 0.9) also ``<target>_lo`` and ``<target>_hi``."""
         from stack.blend.persist import predict_blend
         from stack.data import essays_frame
 
         task = self.task
+        if interval is not None and not 0 < interval < 1:
+            raise StackError(f"interval {interval} is not a coverage level between 0 and 1 (e.g. 0.9)")
         if len(essays) == 0:  # nothing to score: an empty result with the columns a caller expects
-            return pd.DataFrame({task.id: pd.Series(dtype=str), **{t: pd.Series(dtype=float) for t in task.targets}})
+            cols = [*task.targets, *([c for t in task.targets for c in (f"{t}_lo", f"{t}_hi")] if interval else [])]
+            return pd.DataFrame({task.id: pd.Series(dtype=str), **{c: pd.Series(dtype=float) for c in cols}})
         if isinstance(essays, pd.DataFrame):
             frame = essays_frame(essays, "essays", task)
         else:
@@ -94,7 +97,8 @@ class Scorer:
         for name, member in self.members.items():  # inputs come before the heads that read them
             upstream = {i: frames[i][cache.emb_columns(frames[i])].to_numpy() for i in member.inputs}
             frames[name] = member.frame(frame, task, upstream)
-        return predict_blend(self.blend, {m: frames[m] for m in self.blend.layout.models})
+        return predict_blend(self.blend, {m: frames[m] for m in self.blend.layout.models}, frame[task.text].tolist(),
+                             interval)
 
 
 def _load(fitted, folder_of: Callable[[str], Path], strict: bool, where: str, source: str) -> Scorer:

@@ -199,3 +199,19 @@ def test_a_fine_tuned_members_oof_embeddings_never_feed_a_blender(project):
     assert r["methods"]["ridge"]["features"] == "emb"
     layout = load_blend().layout
     assert layout.emb_dims == (8, 0) and layout.pred_models == ("ft",)  # ft: predictions only
+
+
+def test_blend_measures_its_intervals_nested_and_saves_them(two_models):
+    r = run_blend(two_models, ["a", "b", "c"], "ridge", "preds", compare=[])
+    iv = r["intervals"]
+    assert iv["level"] == 0.9 and set(iv["per_target"]) == set(TARGETS)
+    for row in iv["per_target"].values():
+        assert 0.6 <= row["coverage"] <= 1 and row["width"] > 0 and row["constant_width"] > 0
+        assert sum(v["n"] for v in row["by_level"].values()) == 40
+    fitted = load_blend()
+    assert fitted.intervals is not None and fitted.intervals.scores.shape == (40, 6)
+    frames = {m: cache.read_member(m, "test", FB3)[0] for m in ("a", "b", "c")}
+    out = predict_blend(fitted, frames, ["some essay"] * 3, 0.9)
+    for t in TARGETS:
+        assert (out[f"{t}_lo"] <= out[t]).all() and (out[t] <= out[f"{t}_hi"]).all()
+    assert list(predict_blend(fitted, frames).columns) == [ID, *TARGETS]  # no interval asked: none given

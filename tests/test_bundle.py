@@ -235,3 +235,15 @@ def test_a_bundled_member_never_reaches_the_hub_or_weights_outside_it(copy):
     manifest["files"]["members/minilm/member.json"] = {"sha256": sha256(member), "bytes": member.stat().st_size}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     refused(copy, "backbone path '/elsewhere/weights' is outside the bundle")
+
+
+def test_intervals_survive_export_and_load(fitted, monkeypatch):
+    from stack.scorer import Scorer
+
+    monkeypatch.chdir(fitted / "project")
+    ok("predict", "--input", "new.csv", "--out", "repo_iv.csv", "--interval", "0.8")
+    repo = pd.read_csv(fitted / "project" / "repo_iv.csv", dtype={"text_id": str})
+    away = Scorer.load(fitted / "bundle").score(NEW, interval=0.8)
+    assert list(away.columns) == list(repo.columns) and "cohesion_lo" in away.columns
+    np.testing.assert_allclose(away.drop(columns="text_id").to_numpy(), repo.drop(columns="text_id").to_numpy(),
+                               atol=1e-6)

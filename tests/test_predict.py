@@ -166,3 +166,28 @@ def test_every_kind_fits_and_predict_reproduces_its_submission(project, kind):
     assert yaml.safe_load(Path("models/blend/blender.json").read_text())["info"]["members"] == [member]
     ok("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv")
     assert_reproduces_the_submission()
+
+
+def test_predict_with_intervals_brackets_each_score_on_its_grid(fitted):
+    ok("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv", "--interval", "0.9")
+    scores = pd.read_csv("scores.csv")
+    assert list(scores.columns) == ["text_id", *TARGETS, *[c for t in TARGETS for c in (f"{t}_lo", f"{t}_hi")]]
+    for t in TARGETS:
+        lo, mid, hi = scores[f"{t}_lo"], scores[t], scores[f"{t}_hi"]
+        assert (lo <= mid).all() and (mid <= hi).all() and lo.min() >= 1 and hi.max() <= 5
+        assert ((lo * 2) % 1 == 0).all() and ((hi * 2) % 1 == 0).all()  # widened outward to the 0.5 grid
+    assert_reproduces_the_submission()  # the scores themselves do not change
+    ok("predict", "--input", "data/fb3/test.csv", "--out", "wide.csv", "--interval", "0.99")
+    wide = pd.read_csv("wide.csv")
+    assert all((wide[f"{t}_hi"] - wide[f"{t}_lo"] >= scores[f"{t}_hi"] - scores[f"{t}_lo"]).all() for t in TARGETS)
+
+
+def test_interval_levels_and_blends_without_intervals_are_one_line(fitted):
+    message = refused("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv", "--interval", "90")
+    assert "interval 90.0 is not a coverage level between 0 and 1" in message
+    edit_yaml("params.yaml", lambda p: p["blend"].update(interval=0))
+    ok("blend", "--models", "minilm,features,tfidf")
+    message = refused("predict", "--input", "data/fb3/test.csv", "--out", "scores.csv", "--interval", "0.9")
+    assert "the saved blend has no intervals (blend.interval: 0" in message and not Path("scores.csv").exists()
+    edit_yaml("params.yaml", lambda p: p["blend"].update(interval=1.5))
+    assert "blend.interval is a coverage level in (0, 1)" in refused("blend")

@@ -70,7 +70,7 @@ def test_every_savable_class_is_round_tripped_here():
     import stack.members  # noqa: F401 (registers every member kind's savable heads)
 
     covered = {type(est).__name__ for _, est, _, _ in ESTIMATORS} | {"Layout", "FittedBlend"}  # the last two: below
-    covered |= {"Thresholds"}  # tests/test_grid.py
+    covered |= {"Thresholds", "Intervals"}  # tests/test_grid.py, tests/test_conformal.py
     covered |= {"TfidfFeatures"}  # round-tripped inside TfidfRidge and TextBoosting
     assert covered == set(state.CLASSES)
 

@@ -125,11 +125,18 @@ def test_an_aes_shaped_set_runs_end_to_end_in_its_own_metric(aes, tmp_path):
     member = json.loads((root / "cache" / "features" / "config.json").read_text())
     assert set(member["cv"]) >= {"qwk", "rmse"} and "task" in member
     report = (root / "reports" / "report.md").read_text()
-    assert "Metric: QWK, higher is better" in report and "| score |" in report.replace("| QWK | score |", "| score |")
+    assert "Metric: QWK, higher is better" in report and "## How sure: 90% intervals" in report
+    assert "## How fair: agreement and audit by prompt_id, grade" in report and "### By prompt_id" in report
+    assert (root / "reports" / "audit_dsm.png").is_file()
+    assert 0.85 <= cv["intervals"]["per_target"]["score"]["coverage"] <= 1.0
 
     stack("predict", "--input", "my/test.csv", "--out", "scores.csv", cwd=root)
     repo = pd.read_csv(root / "scores.csv", dtype={"essay_id": str})
     pd.testing.assert_frame_equal(repo, sub)  # the saved stack reproduces the submission
+    stack("predict", "--input", "my/test.csv", "--out", "iv.csv", "--interval", "0.9", cwd=root)
+    iv = pd.read_csv(root / "iv.csv", dtype={"essay_id": str})
+    assert list(iv.columns) == ["essay_id", "score", "score_lo", "score_hi"]
+    assert set(iv["score_lo"]) | set(iv["score_hi"]) <= {1, 2, 3, 4, 5, 6}
     stack("export", str(tmp_path / "bundle"), cwd=root)
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["task"]["targets"] == {"score": {"min": 1.0, "max": 6.0, "step": 1.0}}

@@ -23,6 +23,7 @@ class BlendConfig:
     # also try each target's grid (rounding, and thresholds fitted on OOF predictions); a mapping is applied only if
     # nested CV improves. Always on for metric qwk, which scores grid values (rounding vs thresholds)
     round: bool = False
+    interval: float = 0.9  # per-essay intervals: their nested coverage at this level goes to cv.json (0 = none)
     lgbm_n_jobs: int = 2
     bootstrap: int = 1000  # resamples for the 95% intervals in metrics/cv.json (0 = none)
 

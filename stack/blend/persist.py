@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from stack import paths, state
+from stack.blend.conformal import Intervals, difficulty
 from stack.blend.features import Layout, aligned, matrix
 from stack.blend.grid import Thresholds, mapped
 from stack.errors import StackError
@@ -34,6 +35,7 @@ class FittedBlend:
     fingerprints: dict  # {"data": str, "folds": str, "models": {name: config hash}}
     grid: str = "none"  # none | round | thresholds: how predictions reach the grid (chosen by nested CV)
     thresholds: Thresholds | None = None  # grid: thresholds
+    intervals: Intervals | None = None  # per-essay intervals, calibrated on the nested OOF residuals
     cv: dict = field(default_factory=dict)  # nested and in-sample CV of this blend, in the task's metric
     version: str = ""
     task_record: dict | None = None  # Task.record() of the task it scores; None: FB3
@@ -49,7 +51,7 @@ class FittedBlend:
 
     def to_state(self) -> dict:
         return {k: getattr(self, k) for k in ("method", "layout", "estimator", "fingerprints", "grid", "thresholds",
-                                              "cv", "version", "task_record", "format")}
+                                              "intervals", "cv", "version", "task_record", "format")}
 
     @classmethod
     def from_state(cls, saved: dict):
@@ -101,9 +103,11 @@ def load_blend(folder: Path | None = None, expect: dict | None = None) -> Fitted
     return fitted
 
 
-def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame], texts=None,
+                  interval: float | None = None) -> pd.DataFrame:
     """Scores of new essays: ``frames`` {model: DataFrame[id, pred_*, emb_*]} -> DataFrame[id, *targets] (the
-    saved task's columns).
+    saved task's columns); with ``interval`` (a coverage level) also ``<target>_lo``, ``<target>_hi`` for each
+    target, which need ``texts`` (the essays, in the first frame's row order).
 
     Rows follow the first model's frame; every model must cover the same ids. Scores are clipped to each target's
     range (and put on its grid when the saved blend says CV chose it)."""
@@ -114,8 +118,17 @@ def predict_blend(fitted: FittedBlend, frames: dict[str, pd.DataFrame]) -> pd.Da
     first = frames[fitted.layout.models[0]]
     frames = aligned({m: frames[m] for m in fitted.layout.models}, first[task.id], task.id)
     raw = np.asarray(fitted.estimator.predict(matrix(frames, fitted.layout)), np.float64).reshape(len(first), task.k)
-    out = pd.DataFrame(fitted.finish(raw), columns=list(task.targets))
+    pred = fitted.finish(raw)
+    out = pd.DataFrame(pred, columns=list(task.targets))
     out.insert(0, task.id, first[task.id].to_numpy())
+    if interval:
+        if fitted.intervals is None:
+            raise StackError("the saved blend has no intervals (blend.interval: 0, or saved before intervals existed); "
+                             "rerun `stack blend` (or re-export the bundle) to score with --interval")
+        members = [frames[m][list(task.pred_cols)].to_numpy(np.float64) for m in fitted.layout.models]
+        lo, hi = fitted.intervals.bounds(pred, difficulty(task, pred, members, texts), interval)
+        for j, t in enumerate(task.targets):
+            out[f"{t}_lo"], out[f"{t}_hi"] = lo[:, j], hi[:, j]
     return out
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from stack import __version__, cache, paths
 from stack.blend.config import BlendConfig, load_blend_config
+from stack.blend.conformal import Intervals, difficulty, nested_coverage
 from stack.blend.features import aligned, check_features, make_layout, matrix
 from stack.blend.grid import Thresholds, mapped, nested_thresholds
 from stack.blend.intervals import bootstrap_ci, paired_bootstrap
@@ -70,6 +71,8 @@ def options_from(cfg: BlendConfig, where: str = "params.yaml") -> BlendConfig:
     """params.yaml ``blend:`` with its blender knobs checked (bounds, svr_scaling), bounds as a tuple."""
     from stack.heads.svr import SCALINGS
 
+    if not 0 <= cfg.interval < 1:
+        raise StackError(f"{where}: blend.interval is a coverage level in (0, 1), or 0 for none; got {cfg.interval}")
     if cfg.bounds is not None and (len(cfg.bounds) != 2 or not cfg.bounds[0] < cfg.bounds[1]):
         raise StackError(f"{where}: blend.bounds must be [low, high] with low < high (or null), got {list(cfg.bounds)}")
     if cfg.svr_scaling not in SCALINGS:
@@ -196,9 +199,17 @@ def run_blend(params, models: list[str], method: str, features: str, compare: li
     chosen = runs[method]
     result, nested, mode, thresholds = summarize(task, y, fold, runs, method, train, try_rounding, cfg.bootstrap)
     result["n_folds"] = int(len(np.unique(fold)))
+    intervals = None
+    if options.interval:  # calibrated on the nested OOF predictions, the honest residuals
+        D = difficulty(task, nested, [oof_of(train[m], task) for m in models], ctx.train[task.text])
+        result["intervals"] = nested_coverage(task, y, nested, D, fold, options.interval)
+        intervals = Intervals.fit(task, y, nested, D, fold)
+        for t, use in zip(task.targets, intervals.use_sigma):
+            result["intervals"]["per_target"][t]["normalized"] = use  # the saved blend's choice
     metric = task.metric
     fitted = FittedBlend(
         method=method, layout=chosen["layout"], estimator=chosen["estimator"], grid=mode, thresholds=thresholds,
+        intervals=intervals,
         fingerprints={"data": ctx.data_fp, "folds": ctx.folds_fp, "models": {n: metas[n].get("config") for n in models}},
         cv={"nested": result["blend"][metric], "in_sample": result["blend"]["in_sample"][metric]}, version=__version__,
         task_record=task.record(),

@@ -42,9 +42,10 @@ PATHS = {
     "no-heap": "`stack fit` without heap reuse",
     "fp32": "`stack fit` in fp32",
     "chunks-256": "`stack fit` with 256-token chunks, stride 32",
+    "all-states": "`stack fit` reading every hidden state (every block runs)",
     "ceiling": "ceiling: `stack fit`'s matmuls + attention alone",
 }
-ABLATIONS = ["no-pack", "no-attention", "no-heap", "fp32", "chunks-256"]
+ABLATIONS = ["no-pack", "no-attention", "no-heap", "fp32", "chunks-256", "all-states"]
 
 
 def gemm_peak(dtype, n: int = 2048, seconds: float = 1.5) -> float:
@@ -72,9 +73,10 @@ def gemm_peak(dtype, n: int = 2048, seconds: float = 1.5) -> float:
     return best
 
 
-def forward_flops(config, rows: int, width: int) -> float:
-    """Forward FLOPs of one padded ``(rows, width)`` batch: the encoder's matmuls + attention (no embeddings)."""
-    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+def forward_flops(config, rows: int, width: int, blocks: int | None = None) -> float:
+    """Forward FLOPs of one padded ``(rows, width)`` batch through ``blocks`` blocks (default: all): the encoder's
+    matmuls + attention (no embeddings)."""
+    d, f, layers = config.hidden_size, config.intermediate_size, blocks or config.num_hidden_layers
     per_token = layers * (2 * (4 * d * d + 2 * d * f) + 4 * width * d)
     return rows * width * per_token
 
@@ -199,7 +201,8 @@ def worker(path: str, model_name: str, n: int) -> dict:
     else:
         run_cfg = {"truncated": dataclasses.replace(cfg, truncate=True, max_len=512),
                    "fp32": dataclasses.replace(cfg, precision="fp32"),
-                   "chunks-256": dataclasses.replace(cfg, max_len=256, stride=32)}.get(path, cfg)
+                   "chunks-256": dataclasses.replace(cfg, max_len=256, stride=32),
+                   "all-states": dataclasses.replace(cfg, layers=())}.get(path, cfg)
         with without(path):
             _, dtype = embed_texts(texts[:16], tokenizer, model, run_cfg)  # warm-up
             if path != "ceiling":
@@ -209,7 +212,9 @@ def worker(path: str, model_name: str, n: int) -> dict:
         batches = stack_batches(texts, tokenizer, run_cfg)
         if path == "ceiling":
             seconds = ceiling(model, batches, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-    flops = sum(forward_flops(model.config, len(b), b[0]) for b in batches)
+    n = model.config.num_hidden_layers
+    blocks = n if path == "plain" else max(1, max((i % (n + 1) for i in run_cfg.layers), default=n))  # blocks run
+    flops = sum(forward_flops(model.config, len(b), b[0], blocks) for b in batches)
     return {"seconds": seconds, "dtype": dtype, "flops": flops, "chunks": sum(map(len, batches)),
             "tokens": sum(map(sum, batches))}
 
@@ -229,6 +234,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds in which every path runs once (0: none)")
     ap.add_argument("--ablate", action="store_true", help="also time stack without each optimisation")
     ap.add_argument("--all", action="store_true", help="also embed every essay with the stack path; peak RSS")
+    ap.add_argument("--paths", default="", help="only these paths (comma-separated; the plain loop always runs)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -238,7 +244,8 @@ def main() -> None:
     peak = run_worker("peak", args)
     print(f"model {args.model}, first {args.n} essays, {peak['threads']} threads, {args.rounds} rounds; "
           f"GEMM peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    paths = ["plain", "stack", "truncated", *(ABLATIONS if args.ablate else []), "ceiling"]
+    paths = (["plain", "stack", "truncated", *(ABLATIONS if args.ablate else []), "ceiling"] if not args.paths
+             else ["plain", *args.paths.split(",")])
     runs: dict[str, list[dict]] = {p: [] for p in paths}
     for r in range(args.rounds):
         for p in paths[r % len(paths):] + paths[: r % len(paths)]:  # each round starts one path later

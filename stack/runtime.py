@@ -166,6 +166,27 @@ def for_scoring(member: dict) -> dict:
     return member
 
 
+ENGINES = ("auto", "torch", "onnx")
+
+
+def engine(requested: str, dev, prec: str, where: str = "") -> str:
+    """Who runs a frozen encoder: ``torch``, or ``onnx`` (ONNX Runtime, fp32 on the CPU only: stack.backbones.ort).
+    ``auto`` takes onnx where it applies (the CPU, fp32: it was faster there at identical embeddings) and its
+    packages are installed, else torch."""
+    import importlib.util
+
+    if requested not in ENGINES:
+        raise StackError(f"{where}: engine {requested!r} is not one of {', '.join(ENGINES)}")
+    fits = dev.type == "cpu" and prec == "fp32"
+    if requested == "onnx" and not fits:
+        raise StackError(f"{where}: engine onnx runs fp32 on the CPU, not {prec} on {dev.type}; set precision: fp32 "
+                         "and device: cpu, or engine: auto")
+    if requested == "auto":
+        have = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+        return "onnx" if fits and have else "torch"
+    return requested
+
+
 def scoring_precision(fitted: str | None, requested: str, where: str) -> str | None:
     """The precision to embed new essays in with a frozen member whose heads were fitted on ``fitted``
     embeddings: that one where this machine computes it natively (or it is fp32), else None (``requested``'s
@@ -178,6 +199,20 @@ def scoring_precision(fitted: str | None, requested: str, where: str) -> str | N
     warnings.warn(f"{where}: fitted on {fitted} embeddings, which this machine does not compute natively; "
                   "embedding in fp32 (scores may differ slightly)", stacklevel=2)
     return None
+
+
+def describe(prec: str, dev) -> str:
+    """Why this precision, in a few words."""
+    if dev.type == "cuda":
+        return prec
+    if prec == "bf16":
+        return "bf16, native: AVX-512 BF16/AMX" if native_bf16(dev) else "bf16, emulated: no native bf16"
+    return f"{prec}: no native bf16" if not native_bf16(dev) else prec
+
+
+def say(line: str, out=None) -> None:
+    """A line for the person running a stage (stderr, beside the progress bars), or to ``out``."""
+    (out or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
 
 
 def torch_dtype(prec: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ SCORE_STEP = FB3.scales[0].step
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("STACK_ONNX_CACHE", tempfile.mkdtemp(prefix="stack-onnx-"))  # not the user's ~/.cache
 
 
 def minilm_dir() -> Path:

@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from stack import cache, paths, runtime
 from stack.backbones.config import load_backbone_config
+from stack.backbones.depth import encoder_layers
 from stack.config import build, load_params
 from stack.members import fit_member, load_scorer
 from stack.stages import run_folds
@@ -29,7 +30,7 @@ from stack.train import dist
 from stack.train.batching import collate, encode
 from stack.train.config import TrainConfig, validate
 from stack.train.loop import _steps, enable_checkpointing, loss_fn, predict, train_fold
-from stack.train.model import build_model, encoder_layers
+from stack.train.model import build_model
 from stack.train.regularizers import AWP, FGM
 
 from conftest import DATA, FB3, PRED_COLS, TARGETS, make_project

@@ -66,10 +66,12 @@ def chunks_from_ids(encoded: list[list[int]], tokenizer, max_len: int, stride: i
     return chunks
 
 
-def count_chunks(encoded: list[list[int]], tokenizer, max_len: int, stride: int, truncate: bool) -> int:
+def chunk_lengths(encoded: list[list[int]], tokenizer, max_len: int, stride: int, truncate: bool) -> list[int]:
+    """The length (specials included) of every chunk the essays become: what the encoder will be asked to run."""
     head, tail = specials(tokenizer)
     window = max_len - len(head) - len(tail)
-    return sum(len(chunk_essay(tokens, window, stride, truncate)) for tokens in encoded)
+    return [len(piece) + len(head) + len(tail) for tokens in encoded
+            for piece, _ in chunk_essay(tokens, window, stride, truncate)]
 
 
 def shards(encoded: list[list[int]], size: int) -> list[list[int]]:

@@ -42,11 +42,12 @@ class FrozenConfig:
     batch_size: int = 32
     precision: str = "auto"  # auto (bf16 where native, if it matches fp32 on a sample) | bf16 | fp16 (CUDA) | fp32
     device: str = "auto"  # auto (CUDA when there is one) | cpu | cuda | cuda:<k>
+    engine: str = "auto"  # auto (onnx for fp32 on the CPU, else torch) | torch | onnx (stack.backbones.ort)
     threads: int = 0  # intra-op threads on the CPU; 0 = every core this process may use
     shard_size: int = 512  # essays embedded and stored at a time (memory bound, resume granularity)
     head_alphas: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 
-    RUN_KEYS: ClassVar[tuple] = ("device", "threads", "shard_size", "batch_size")
+    RUN_KEYS: ClassVar[tuple] = ("device", "engine", "threads", "shard_size", "batch_size")
 
 
 def blocks(cfg, n_states: int | None) -> list[dict] | None:
@@ -125,13 +126,17 @@ class Frozen(FeaturizedKind):
     def _embed(self, spec, texts, loaded, precision=None, on_shard=None):
         from tqdm.auto import tqdm
 
-        from stack.backbones.chunks import count_chunks, encode
+        from stack.backbones.chunks import chunk_lengths, encode
         from stack.backbones.embedder import embed_texts
+        from stack.backbones.estimate import estimate
 
         tokenizer, model = loaded
         cfg = spec.cfg
         encoded = encode(texts, tokenizer)
-        total = count_chunks(encoded, tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+        lengths = chunk_lengths(encoded, tokenizer, cfg.max_len, cfg.stride, cfg.truncate)
+        total = len(lengths)
+        estimate(f"fit@{spec.name}" if on_shard else spec.name, len(texts), lengths, model, cfg, spec.where,
+                 precision)
         with tqdm(total=total, desc=f"embed {spec.name}", unit="chunk", mininterval=2, disable=len(texts) < 64) as bar:
             return embed_texts(texts, tokenizer, model, cfg, spec.where, precision, bar.update, on_shard, encoded)
 

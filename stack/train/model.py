@@ -50,15 +50,6 @@ class Regressor(nn.Module):
         return preds.float(), feats
 
 
-def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
-    """The backbone's list of transformer blocks (``encoder.layer`` for BERT and DeBERTa)."""
-    n = backbone.config.num_hidden_layers
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and name.split(".")[-1] in ("layer", "layers"):
-            return module
-    raise StackError(f"{type(backbone).__name__}: no list of {n} encoder layers found; LLRD/freeze/re-init need one")
-
-
 def embeddings_module(backbone: nn.Module) -> nn.Module:
     emb = getattr(backbone, "embeddings", None)
     if emb is None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stack.backbones.depth import encoder_layers
 from stack.errors import StackError
-from stack.train.model import embeddings_module, encoder_layers
+from stack.train.model import embeddings_module
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:

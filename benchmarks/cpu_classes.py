@@ -59,9 +59,10 @@ def default_run_flops() -> tuple[float, int, int]:
     from stack.backbones.loading import load_backbone
     from stack.config import load_params
     from stack.members.registry import load_member
+    from stack.task import load_task
 
     params, spec = load_params(), load_member("mpnet")
-    texts = pd.concat([pd.read_csv(params.data.train), pd.read_csv(params.data.test)])[params.task.text].tolist()
+    texts = pd.concat([pd.read_csv(params.data.train), pd.read_csv(params.data.test)])[load_task(params).text].tolist()
     tokenizer, model = load_backbone(spec.backbone)
     lengths = chunk_lengths(encode(texts, tokenizer), tokenizer, spec.cfg.max_len, spec.cfg.stride, spec.cfg.truncate)
     blocks = max(spec.cfg.layers) if spec.cfg.layers else model.config.num_hidden_layers

@@ -79,6 +79,18 @@ def test_a_failed_export_or_check_leaves_the_member_on_pytorch_after_one_line(ti
     assert "differ from PyTorch's" in capsys.readouterr().err
 
 
+def test_onnx_is_needed_only_to_export_and_a_missing_package_is_one_line(tiny, monkeypatch, capsys):
+    import sys
+
+    _, model = tiny
+    assert ort.encoder(model, 1, 1, "t", lambda enc: True) is not None  # exported: the graph is cached
+    monkeypatch.setitem(sys.modules, "onnx", None)  # an import of onnx now fails
+    assert ort.encoder(model, 1, 1, "t", lambda enc: True) is not None  # a cached graph does not need it
+    assert ort.encoder(model, 2, 1, "t", lambda enc: True) is None  # another depth must be exported: it does
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "t: engine onnx needs the onnx and onnxruntime packages (onnx is missing); running PyTorch"]
+
+
 def test_engine_is_chosen_in_one_place_and_a_bad_one_is_one_line(tiny):
     assert runtime.engine("auto", CPU, "fp32") == "onnx"
     assert runtime.engine("auto", CPU, "bf16") == runtime.engine("torch", CPU, "fp32") == "torch"

@@ -95,14 +95,16 @@ def encoder(model, deepest: int, threads: int, where: str, check) -> OrtEncoder 
     """``model`` (cut after ``deepest``) as an ONNX Runtime session with ``threads`` intra-op threads, if
     ``check(encoder)`` accepts it; else None, after one line naming ``where`` and why."""
     where = where or "engine onnx"
+    path = cache_dir() / f"{model_key(model, deepest)}.onnx"
     try:
-        import onnx  # noqa: F401  (torch.onnx.export writes through it)
         import onnxruntime as ort
+
+        if not path.exists():  # only an export needs onnx (1.3 s to import): a cached graph does not
+            import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as e:
         runtime.say(f"{where}: engine onnx needs the onnx and onnxruntime packages ({e.name} is missing); "
                     "running PyTorch")
         return None
-    path = cache_dir() / f"{model_key(model, deepest)}.onnx"
     try:
         if not path.exists():
             export(model, deepest, path)

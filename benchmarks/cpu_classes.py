@@ -55,6 +55,8 @@ def default_run_flops() -> tuple[float, int, int]:
     import pandas as pd
 
     from stack.backbones.chunks import chunk_lengths, encode
+    from stack.backbones.depth import blocks_run
+    from stack.backbones.embedder import states
     from stack.backbones.estimate import encoder_flops
     from stack.backbones.loading import load_backbone
     from stack.config import load_params
@@ -65,7 +67,7 @@ def default_run_flops() -> tuple[float, int, int]:
     texts = pd.concat([pd.read_csv(params.data.train), pd.read_csv(params.data.test)])[load_task(params).text].tolist()
     tokenizer, model = load_backbone(spec.backbone)
     lengths = chunk_lengths(encode(texts, tokenizer), tokenizer, spec.cfg.max_len, spec.cfg.stride, spec.cfg.truncate)
-    blocks = max(spec.cfg.layers) if spec.cfg.layers else model.config.num_hidden_layers
+    blocks = blocks_run(model.config.num_hidden_layers, max(states(spec.cfg, model, "mpnet")))
     return encoder_flops(model.config, blocks, lengths), len(lengths), blocks
 
 

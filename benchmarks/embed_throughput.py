@@ -173,7 +173,8 @@ def worker(path: str, model_name: str, n: int) -> dict:
     import pandas as pd
     import torch
 
-    from stack.backbones.embedder import embed_texts
+    from stack.backbones.depth import blocks_run
+    from stack.backbones.embedder import embed_texts, states
     from stack.backbones.loading import load_backbone
     from stack.members import load_member
     from stack.runtime import set_threads
@@ -213,7 +214,7 @@ def worker(path: str, model_name: str, n: int) -> dict:
         if path == "ceiling":
             seconds = ceiling(model, batches, {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     n = model.config.num_hidden_layers
-    blocks = n if path == "plain" else max(1, max((i % (n + 1) for i in run_cfg.layers), default=n))  # blocks run
+    blocks = n if path == "plain" else blocks_run(n, max(states(run_cfg, model)))
     flops = sum(forward_flops(model.config, len(b), b[0], blocks) for b in batches)
     return {"seconds": seconds, "dtype": dtype, "flops": flops, "chunks": sum(map(len, batches)),
             "tokens": sum(map(sum, batches))}

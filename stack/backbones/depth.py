@@ -24,12 +24,19 @@ def encoder_layers(backbone: nn.Module) -> nn.ModuleList:
     raise StackError(f"{type(backbone).__name__}: no list of {n} encoder layers found; LLRD/freeze/re-init need one")
 
 
+def blocks_run(n_blocks: int, deepest: int) -> int:
+    """How many of ``n_blocks`` blocks run for hidden states ``0..deepest``: at least one (transformers collects
+    hidden states from its blocks: with none it returns none, not the embeddings)."""
+    return min(max(deepest, 1), n_blocks)
+
+
 def truncate(model: nn.Module, deepest: int) -> int:
-    """Keep only the blocks that hidden states ``0..deepest`` need, at least one (transformers collects hidden
-    states from its blocks: with none it returns none, not the embeddings), ``model`` being an inference copy,
-    changed in place; -> how many blocks it now runs. A model without a recognisable block list is left whole."""
-    n, deepest = model.config.num_hidden_layers, max(deepest, 1)
-    if deepest >= n:
+    """Keep only the ``blocks_run`` blocks that hidden states ``0..deepest`` need, ``model`` being an inference
+    copy, changed in place; -> how many blocks it now runs. A model without a recognisable block list is left
+    whole."""
+    n = model.config.num_hidden_layers
+    deepest = blocks_run(n, deepest)
+    if deepest == n:
         return n
     try:
         blocks = encoder_layers(model)

@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from stack import runtime
+from stack.backbones.depth import blocks_run
 from stack.backbones.embedder import states
 
 
@@ -69,12 +70,13 @@ def estimate(stage: str, n_essays: int, lengths: list[int], model, cfg, where: s
     """One line before a long embedding starts: how many essays, and about how long on this machine (from the
     blocks that will run, the chunks' lengths and this machine's measured matmul rate; ``seconds_for``).
     Said only when it is over ``longer_than`` seconds; -> the estimate in seconds."""
-    blocks, deepest = model.config.num_hidden_layers, max(states(cfg, model, where))
+    blocks = model.config.num_hidden_layers
+    run = blocks_run(blocks, max(states(cfg, model, where)))
     dev = runtime.device(cfg.device, where)
     prec = precision or runtime.precision(cfg.precision, dev, where)
-    seconds = seconds_for(encoder_flops(model.config, max(1, min(deepest, blocks)), lengths), prec, dev)
+    seconds = seconds_for(encoder_flops(model.config, run, lengths), prec, dev)
     if seconds > longer_than:
-        runtime.say(f"{stage}: {n_essays:,} essays ({len(lengths):,} chunks, {min(max(deepest, 1), blocks)} of "
+        runtime.say(f"{stage}: {n_essays:,} essays ({len(lengths):,} chunks, {run} of "
                     f"{blocks} blocks), about {duration(seconds)} on this {dev.type.upper()} "
                     f"({runtime.describe(prec, dev)}); debug: true checks a configuration in a minute", say)
     return seconds

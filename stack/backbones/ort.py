@@ -96,17 +96,18 @@ def encoder(model, deepest: int, threads: int, where: str, check) -> OrtEncoder 
     ``check(encoder)`` accepts it; else None, after one line naming ``where`` and why."""
     where = where or "engine onnx"
     path = cache_dir() / f"{model_key(model, deepest)}.onnx"
+    exported = path.exists()
     try:
         import onnxruntime as ort
 
-        if not path.exists():  # only an export needs onnx (1.3 s to import): a cached graph does not
+        if not exported:  # only an export needs onnx (1.3 s to import): a cached graph does not
             import onnx  # noqa: F401  (torch.onnx.export writes through it)
     except ImportError as e:
         runtime.say(f"{where}: engine onnx needs the onnx and onnxruntime packages ({e.name} is missing); "
                     "running PyTorch")
         return None
     try:
-        if not path.exists():
+        if not exported:
             export(model, deepest, path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
